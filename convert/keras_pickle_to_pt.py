@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Convert the course's pickle of Keras-named numpy tensors into a PyTorch state dict.
+
+    python convert/keras_pickle_to_pt.py [WEIGHTS.pkl] [-o OUT.pt] [--verbose]
+
+Defaults: weights/resnet_cifar100.pkl -> weights/resnet_cifar100.pt. Also writes
+OUT.pt.keras_names.json (the Keras names, for convert/pt_to_keras_pickle.py).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch_resnet.convert import DEFAULT_PICKLE, DEFAULT_STATE_DICT, convert_pickle, format_report  # noqa: E402
+from torch_resnet.errors import UserError, cli  # noqa: E402
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("weights", nargs="?", default=str(DEFAULT_PICKLE), help=f"Keras pickle (default {DEFAULT_PICKLE})")
+    p.add_argument("-o", "--out", default=None, help=f"output state dict (default {DEFAULT_STATE_DICT}, "
+                                                     "or the input's name with .pt)")
+    p.add_argument("--shortcut-from-raw", action="store_true",
+                   help="the 1x1 shortcut reads the raw block input (default: the pre-activated one)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every tensor, not every layer")
+    args = p.parse_args(argv)
+    src = Path(args.weights)
+    if not src.is_file():
+        hint = (" Put the course's pickle there or pass its path" if args.weights == str(DEFAULT_PICKLE)
+                else "")
+        raise UserError(f"Keras weights pickle {src} not found.{hint}")
+    out = Path(args.out) if args.out else (DEFAULT_STATE_DICT if args.weights == str(DEFAULT_PICKLE)
+                                           else src.with_suffix(".pt"))
+    arrays, mapping = convert_pickle(src, out, args.shortcut_from_raw)
+    print(format_report(arrays, mapping, args.verbose))
+    print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

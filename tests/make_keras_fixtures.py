@@ -1,0 +1,53 @@
+"""Run in a subprocess by the tests (TensorFlow stays out of the pytest process).
+
+    python tests/make_keras_fixtures.py OUT_DIR
+
+Builds the reference Keras 3 model under several naming schemes, gives it random non-trivial
+weights, pickles each the way the course would, and stores Keras' logits and pooled features on
+fixed inputs (inference mode) next to the pickles, in OUT_DIR/<scheme>.{pkl,npz}.
+"""
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from torch_resnet import keras_model as km
+
+SCHEMES = {
+    # name: (pickle style, build a throwaway model first (seed numbering), shortcut first, from raw, model name)
+    "keras3": ("keras3", False, False, False, None),
+    "keras3_seed_numbering": ("keras3", True, False, False, "sequential_3"),
+    "keras2_seed_numbering_shortcut_first": ("keras2", True, True, False, None),
+    "keras2_flat": ("keras2_flat", False, False, False, None),
+    "shortcut_from_raw": ("keras3", False, True, True, None),
+}
+
+
+def main(out_dir):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    x = images.astype(np.float32) / 127.5 - 1.0
+    for i, (name, (style, warm, first, raw, model_name)) in enumerate(SCHEMES.items()):
+        km.keras.backend.clear_session()
+        if warm:  # a model built earlier in the same session shifts every layer number
+            km.build(shortcut_first=first, shortcut_from_raw=raw)
+        model = km.build(shortcut_first=first, shortcut_from_raw=raw, name=model_name)
+        km.randomize(model, seed=10 + i)
+        features_model = km.keras.Model(model.inputs[0], model.layers[-2].output)
+        logits = np.asarray(model(x, training=False))
+        features = np.asarray(features_model(x, training=False))
+        if style == "keras2_flat":  # tf.keras names with no model or block scope
+            weights = {v.path.rsplit("/", 2)[-2] + "/" + v.path.rsplit("/", 1)[-1] + ":0": np.asarray(v.numpy())
+                       for v in model.weights}
+        else:
+            weights = km.weights_dict(model, style)
+        with open(out / f"{name}.pkl", "wb") as f:
+            pickle.dump(weights, f)
+        np.savez(out / f"{name}.npz", images=images, logits=logits, features=features)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

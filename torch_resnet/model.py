@@ -1,0 +1,161 @@
+"""The course's pre-activation SiLU ResNet, numerically identical to the Keras original.
+
+Keras differences that matter for parity (see SPEC.md):
+- ``padding="same"`` with stride 2 pads 0 before and 1 after (PyTorch's padding=1 pads both);
+- BatchNormalization epsilon is 1e-3 (PyTorch's default is 1e-5);
+- no convolution has a bias.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.01  # PyTorch's 0.01 is the same update as Keras' momentum=0.99
+FEATURES = 256
+# (input channels, output channels, stride) of the nine residual blocks.
+BLOCKS = [(16, 64, 1), (64, 64, 1), (64, 64, 1),
+          (64, 128, 2), (128, 128, 1), (128, 128, 1),
+          (128, 256, 2), (256, 256, 1), (256, 256, 1)]
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding for one dimension: (before, after); the odd pixel goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Bias-free Conv2d with TensorFlow/Keras "same" padding for any stride."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__(cin, cout, kernel, stride=stride, padding=0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        if top == bottom and left == right:  # symmetric: let the conv kernel pad (no copy)
+            return F.conv2d(x, self.weight, None, self.stride, (top, left))
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, None, self.stride)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation basic block: BN-SiLU-Conv3x3(stride)-BN-SiLU-Conv3x3, plus shortcut.
+
+    The shortcut is the identity when channels match, else a bias-free strided 1x1 conv that
+    reads the pre-activated input (ResNet v2 style) or, with ``shortcut_from_raw``, the raw input.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, shortcut_from_raw: bool = False):
+        super().__init__()
+        self.bn1 = batch_norm(cin)
+        self.conv1 = Conv2dSame(cin, cout, 3, stride)
+        self.bn2 = batch_norm(cout)
+        self.conv2 = Conv2dSame(cout, cout, 3)
+        self.shortcut = Conv2dSame(cin, cout, 1, stride) if cin != cout else None
+        self.shortcut_from_raw = shortcut_from_raw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.silu(self.bn1(x))
+        if self.shortcut is None:
+            s = x
+        else:
+            s = self.shortcut(x if self.shortcut_from_raw else y)
+        y = self.conv1(y)
+        y = self.conv2(F.silu(self.bn2(y)))
+        return y + s
+
+
+class Backbone(nn.Module):
+    """Everything but the classifier: stem conv, nine blocks, BN, SiLU, global average pool."""
+
+    def __init__(self, shortcut_from_raw: bool = False):
+        super().__init__()
+        self.stem = Conv2dSame(3, 16, 3)
+        self.blocks = nn.Sequential(*[ResidualBlock(i, o, s, shortcut_from_raw) for i, o, s in BLOCKS])
+        self.bn = batch_norm(FEATURES)
+        self.act = nn.SiLU()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.bn(self.blocks(self.stem(x)))))
+
+
+class ResidualNetwork(nn.Module):
+    """The course network. Input: float NCHW scaled to [-1, 1]. Output: logits.
+
+    ``backbone`` maps images to 256-d pooled features; ``head`` is the final Linear (Keras Dense).
+    """
+
+    def __init__(self, num_classes: int = 100, shortcut_from_raw: bool = False):
+        super().__init__()
+        self.backbone = Backbone(shortcut_from_raw)
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def images_to_input(images: torch.Tensor, channels_last_input: bool | None = None) -> torch.Tensor:
+    """uint8 images (NHWC as stored by CIFAR/Keras, or NCHW) -> float NCHW in [-1, 1].
+
+    The layout is taken from where the 3 colour channels are unless given explicitly.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    if channels_last_input is None:
+        channels_last_input = images.shape[-1] == 3 and images.shape[1] != 3
+    if channels_last_input:
+        images = images.permute(0, 3, 1, 2)
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Keras-style totals: BN running statistics count as non-trainable, the step counter not."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return {"total": trainable + frozen + stats, "trainable": trainable, "non_trainable": frozen + stats}
+
+
+def summary(model: ResidualNetwork, image_size: int = 32) -> str:
+    """A table in the layout of Keras' ``model.summary()`` (NHWC output shapes, Keras names)."""
+    b = model.backbone
+    rows_spec = [("conv2d (Conv2D)", b.stem)]
+    rows_spec += [(f"residual_block_{i} (ResidualBlock)", blk) for i, blk in enumerate(b.blocks)]
+    rows_spec += [("batch_normalization (BatchNormalization)", b.bn), ("activation (Activation)", b.act),
+                  ("global_average_pooling2d (GlobalAveragePooling2D)", b.pool), ("dense (Dense)", model.head)]
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
+             for name, m in rows_spec]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, dtype=param.dtype, device=param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def keras_shape(s):
+        s = (s[0], *s[2:], s[1]) if len(s) == 4 else s  # NCHW -> NHWC
+        return "(None, " + ", ".join(str(d) for d in s[1:]) + ")"
+
+    lines = [f"{'Layer (type)':<52}{'Output Shape':<24}{'Param #':>12}", "=" * 88]
+    for name, m in rows_spec:
+        n = sum(p.numel() for p in m.parameters()) + sum(
+            x.numel() for k, x in m.named_buffers() if k.endswith(("running_mean", "running_var")))
+        lines.append(f"{name:<52}{keras_shape(shapes[name]):<24}{n:>12,}")
+    totals = count_parameters(model)
+    lines += ["=" * 88, f"Total params: {totals['total']:,}", f"Trainable params: {totals['trainable']:,}",
+              f"Non-trainable params: {totals['non_trainable']:,}"]
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Unpickle a dict of numpy arrays without ever running code from the file.
+
+``pickle.load`` calls whatever global a pickle names. This unpickler resolves only the few
+globals numpy needs to rebuild arrays; anything else is refused before it is called.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+
+from .errors import UserError
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 pickles store array bytes as latin-1 text
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED:
+            raise UserError(f"refusing to load: the pickle references {module}.{name}, "
+                            f"which is not a numpy array (it could run code)")
+        return super().find_class(module, name)
+
+
+def load_array_dict(path) -> dict[str, np.ndarray]:
+    """Read ``path`` as a pickled dict from str to numpy array, refusing anything else."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or not a pickle at all: every parser error means the same
+        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict of Keras variable names to arrays, got {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise UserError(f"{path}: key {key!r} is not a string")
+        if not isinstance(value, np.ndarray):
+            raise UserError(f"{path}: tensor {key!r} is a {type(value).__name__}, not a numpy array")
+    return obj
