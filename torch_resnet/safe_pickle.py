@@ -30,16 +30,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_array_dict(path) -> dict[str, np.ndarray]:
-    """Read ``path`` as a pickled dict from str to numpy array, refusing anything else."""
+def safe_load(path, encoding: str = "ASCII"):
+    """Unpickle ``path`` allowing only numpy arrays, dicts, lists and plain values.
+
+    ``encoding="bytes"`` reads Python 2 pickles such as the CIFAR batches.
+    """
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
+        return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all: every parser error means the same
         raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def load_array_dict(path) -> dict[str, np.ndarray]:
+    """Read ``path`` as a pickled dict from str to numpy array, refusing anything else."""
+    obj = safe_load(path)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of Keras variable names to arrays, got {type(obj).__name__}")
     for key, value in obj.items():

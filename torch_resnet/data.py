@@ -1,0 +1,177 @@
+"""CIFAR-10/100 in their real python format, checked for structure, kept as uint8 tensors,
+and batches augmented on whatever device holds them (no per-image Python work)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .safe_pickle import safe_load
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+    num_classes: int
+    url: str
+
+
+CIFAR10 = CifarFormat("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                      "test_batch", "batches.meta", b"labels", b"label_names", 10,
+                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+CIFAR100 = CifarFormat("cifar100", "cifar-100-python", ("train",), "test", "meta", b"fine_labels",
+                       b"fine_label_names", 100, "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
+FORMATS = {f.name: f for f in (CIFAR10, CIFAR100)}
+
+
+@dataclass
+class CifarSplit:
+    images: torch.Tensor  # uint8, N x 3 x 32 x 32
+    labels: torch.Tensor  # int64, N
+    class_names: list[str]
+
+
+def _read_batch(path: Path, fmt: CifarFormat):
+    batch = safe_load(path, encoding="bytes")
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, expected a dict)")
+    for key in (b"data", fmt.label_key):
+        if key not in batch:
+            raise UserError(f"{path}: not a {fmt.name} batch: no {key.decode()!r} entry")
+    data, labels = batch[b"data"], np.asarray(batch[fmt.label_key])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UserError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {desc}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images, or labels not integers")
+    if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
+        raise UserError(f"{path}: label {int(labels.max() if labels.max() >= fmt.num_classes else labels.min())} "
+                        f"outside 0..{fmt.num_classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def find_or_download(data_dir, fmt: CifarFormat, download: bool = True) -> Path:
+    """The extracted folder, downloading it through torchvision (checksummed) if absent."""
+    root = Path(data_dir) / fmt.folder
+    if root.is_dir():
+        return root
+    error = "no network download was allowed"
+    if download:
+        try:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if fmt is CIFAR10 else torchvision.datasets.CIFAR100
+            cls(str(data_dir), train=True, download=True)
+            return root
+        except Exception as e:  # offline, DNS, checksum: all mean the user must fetch it by hand
+            error = f"download failed: {' '.join(str(e).split())[:120]}"
+    raise UserError(f"{fmt.name} not found at {root} ({error}); download {fmt.url} and extract it "
+                    f"into {Path(data_dir)} so that {root} holds {', '.join(fmt.train_files[:1])} ... {fmt.test_file}")
+
+
+def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) -> CifarSplit:
+    """Read the ``train`` or ``test`` split of CIFAR-10/100 from its python-format folder."""
+    root = find_or_download(data_dir, fmt, download)
+    files = fmt.train_files if split == "train" else (fmt.test_file,)
+    parts = []
+    for name in files:
+        if not (root / name).is_file():
+            raise UserError(f"{root} is incomplete: {name} is missing")
+        parts.append(_read_batch(root / name, fmt))
+    names = [f"class_{i}" for i in range(fmt.num_classes)]
+    if (root / fmt.meta_file).is_file():
+        meta = safe_load(root / fmt.meta_file, encoding="bytes")
+        if isinstance(meta, dict) and len(meta.get(fmt.names_key, [])) == fmt.num_classes:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[fmt.names_key]]
+    images = np.concatenate([p[0] for p in parts])
+    if len(images) == 0:
+        raise UserError(f"{root}: the {split} split holds no images")
+    labels = np.concatenate([p[1] for p in parts])
+    return CifarSplit(torch.from_numpy(images), torch.from_numpy(labels), names)
+
+
+def split_train_val(data: CifarSplit, val_size: int, seed: int) -> tuple[CifarSplit, CifarSplit]:
+    """Hold out ``val_size`` images, chosen by a seeded permutation, as the validation set."""
+    if not 0 < val_size < len(data.labels):
+        raise UserError(f"--val-size {val_size} must be between 1 and {len(data.labels) - 1} "
+                        f"(the training set has {len(data.labels)} images)")
+    perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:val_size], perm[val_size:]
+    return (CifarSplit(data.images[train], data.labels[train], data.class_names),
+            CifarSplit(data.images[val], data.labels[val], data.class_names))
+
+
+def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW -> float in [-1, 1] (the network's input scaling)."""
+    x = images.float().mul_(1 / 127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class DeviceBatches:
+    """A whole split on one device as uint8; batches shuffled and augmented there.
+
+    Augmentation is torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` in
+    distribution: offsets uniform in 0..8 on each axis over a zero-padded image, flip with p=0.5.
+    All random numbers of an epoch come from a CPU generator seeded by (seed, epoch), so an epoch
+    is the same on any device and after a resume.
+    """
+
+    PAD = 4
+
+    def __init__(self, split: CifarSplit, batch_size: int, device, *, shuffle: bool, augment: bool,
+                 seed: int = 0, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.shuffle, self.augment, self.seed, self.channels_last = shuffle, augment, seed, channels_last
+        self.rank, self.world = shard
+        if augment:  # pad once; a crop is then a gather at a random offset
+            self.padded = torch.nn.functional.pad(self.images, (self.PAD,) * 4)
+
+    def __len__(self) -> int:  # batches per epoch on this rank
+        return -(-self.per_rank() // self.batch_size)
+
+    def per_rank(self) -> int:
+        return len(self.labels) // self.world if self.world > 1 else len(self.labels)
+
+    def epoch(self, epoch: int):
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if self.augment:
+            offsets = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
+            flips = torch.rand(n, generator=g) < 0.5
+        if self.world > 1:  # each rank takes every world-th image of the same global order
+            order = order[: self.per_rank() * self.world][self.rank::self.world]
+        order = order.to(self.device, non_blocking=True)
+        if self.augment:
+            offsets = offsets.to(self.device, non_blocking=True)[order]
+            flips = flips.to(self.device, non_blocking=True)[order]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.augment:
+                sl = slice(start, start + self.batch_size)
+                images = self.crop_and_flip(self.padded[idx], offsets[sl], flips[sl])
+            else:
+                images = self.images[idx]
+            yield to_model_input(images, self.channels_last), self.labels[idx]
+
+    @staticmethod
+    def crop_and_flip(padded: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        b, c = padded.shape[:2]
+        size = padded.shape[-1] - 2 * DeviceBatches.PAD
+        base = torch.arange(size, device=padded.device)
+        rows = (offsets[:, 0:1] + base)[:, None, :, None]  # B x 1 x H x 1
+        cols = offsets[:, 1:2] + base
+        cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # flip = reversed columns
+        return padded[torch.arange(b, device=padded.device)[:, None, None, None],
+                      torch.arange(c, device=padded.device)[None, :, None, None], rows, cols]
