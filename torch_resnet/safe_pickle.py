@@ -18,7 +18,8 @@ _ALLOWED = {
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol 2 pickles store array bytes as latin-1 text
+    ("_codecs", "encode"),  # protocol 2 pickles store array bytes as latin-1 text...
+    ("__builtin__", "bytes"), ("builtins", "bytes"),  # ...and empty bytes as bytes()
 }
 
 

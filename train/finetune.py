@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Fine-tune the converted CIFAR-100 network on CIFAR-10 with an explicit PyTorch loop.
+
+    python train/finetune.py --freeze     # backbone fixed, only the new 10-class head trains
+    python train/finetune.py              # all convolutions train, BatchNorm frozen, very low lr
+
+Outputs in --out (default runs/freeze or runs/full): model.pt, metrics.json, metrics.csv,
+curves.png, checkpoint.pt (after every epoch; --resume continues from it).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.train import DEFAULT_LR, HEAD_LR, TrainConfig, run  # noqa: E402
+
+
+def parse_args(argv=None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--freeze", action="store_true", help="train only the new head (frozen backbone)")
+    p.add_argument("--weights", default=d.weights, help=f"converted state dict (default {d.weights}, "
+                                                         "written by convert/keras_pickle_to_pt.py)")
+    p.add_argument("--init-from", default=None, metavar="MODEL_PT",
+                   help="full regime only: start from a --freeze run's model.pt (two-stage recipe)")
+    p.add_argument("--data-dir", default=d.data_dir, help="folder holding cifar-10-batches-py/ (downloaded "
+                                                           "there when absent and a network is available)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download CIFAR-10")
+    p.add_argument("--out", default=None, help="output folder (default runs/freeze or runs/full)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR['freeze']} for "
+                   f"the head with --freeze, {DEFAULT_LR['full']} for the pretrained layers otherwise)")
+    p.add_argument("--head-lr", type=float, default=None, help=f"full regime: the head's rate (default {HEAD_LR} "
+                   "for a new head, --lr for a head from --init-from)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--val-size", type=int, default=d.val_size, help="training images held out for validation")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision (auto: bf16 on CUDA, off on CPU)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first epoch)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss read-backs")
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+@cli
+def main(argv=None):
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
