@@ -33,6 +33,9 @@ def atomic_write(path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -110,9 +113,31 @@ def load_state_dict(path, num_classes: int | None = None) -> dict[str, torch.Ten
     return state
 
 
+def source_names(pt_path, state) -> list[tuple[str, str, str]] | None:
+    """The (Keras name, torch key, dtype) triples of the pickle the weights at ``pt_path`` came
+    from, read from its names sidecar and checked against ``state``; None without a sidecar."""
+    sidecar = names_sidecar(pt_path)
+    if not sidecar.is_file():
+        return None
+    hint = "pass --keras3-names to ignore it"
+    try:
+        names = [tuple(t) for t in json.loads(sidecar.read_text())["tensors"]]
+        ok = all(len(t) == 3 and all(isinstance(s, str) for s in t) and np.issubdtype(np.dtype(t[2]), np.floating)
+                 for t in names)
+    except (ValueError, KeyError, TypeError):  # bad JSON, no "tensors", not triples, unknown dtype
+        ok = False
+    if not ok:
+        raise UserError(f"{sidecar}: not a Keras names file written by the converter; {hint}")
+    wanted = sorted(t for _, t in default_keras_names(state["head.weight"].shape[0]))
+    if sorted(t for _, t, _ in names) != wanted or len({k for k, _, _ in names}) != len(names):
+        raise UserError(f"{sidecar}: its Keras names do not match the tensors of {pt_path} one to one; {hint}")
+    return names
+
+
 def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, str, str]] | None = None):
     """The inverse conversion: a dict of Keras-named numpy arrays, in ``names``' order and dtypes
-    (Keras name, torch key, dtype) or, without them, in fresh Keras 3 naming as float32."""
+    (Keras name, torch key, dtype) or, without them, in fresh Keras 3 naming as float32
+    (``default_keras_names``: the paths of ``keras_model.build(num_classes)`` in a new session)."""
     num_classes = state["head.weight"].shape[0]
     if names is None:
         names = [(k, t, "float32") for k, t in default_keras_names(num_classes)]
@@ -120,17 +145,22 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
     for key, tkey, dtype in names:
         if tkey not in state:
             raise UserError(f"state dict lacks {tkey} (for Keras tensor {key!r})")
-        value = state[tkey].detach().cpu().numpy()
-        out[key] = np.ascontiguousarray(torch_to_keras_layout(keras_variable_of(tkey), value)).astype(dtype)
+        value = state[tkey].detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        check_array(tkey, value.numpy())
+        out[key] = np.ascontiguousarray(torch_to_keras_layout(keras_variable_of(tkey), value.numpy())).astype(dtype)
     return out
 
 
-def export_keras_pickle(src, dst, use_source_names: bool = True) -> dict[str, np.ndarray]:
+def export_keras_pickle(src, dst, use_source_names: bool = True):
+    """Write the state dict ``src`` as a pickle of Keras-named arrays at ``dst``, in the names of
+    the pickle it came from when its sidecar is there (and wanted), else in fresh Keras 3 names.
+    Returns (arrays, the sidecar used or None)."""
+    if Path(dst).resolve() == Path(src).resolve():
+        raise UserError(f"output {dst} is the input state dict; choose another path")
     state = load_state_dict(src)
-    names = None
-    sidecar = names_sidecar(src)
-    if use_source_names and sidecar.is_file():
-        names = [tuple(t) for t in json.loads(sidecar.read_text())["tensors"]]
+    names = source_names(src, state) if use_source_names else None
     arrays = state_dict_to_keras(state, names)
     atomic_write(dst, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
-    return arrays
+    return arrays, names_sidecar(src) if names else None

@@ -1,0 +1,146 @@
+"""train/evaluate.py on small CIFAR-format test sets: figures, files, Keras agreement, refusals."""
+import json
+import pickle
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FIGURES, run_script
+from test_export import assert_one_line_error, call_script, converted, ten_class_state
+from torch_resnet import ResidualNetwork
+from torch_resnet.data import CIFAR10, CIFAR100
+from torch_resnet.synthetic import write_cifar
+
+EVALUATE = "train/evaluate.py"
+N_TEST = {"cifar100": 200, "cifar10": 100}  # ~25 ms an image on a 2-core CPU
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_cifar(root, CIFAR100, 0, N_TEST["cifar100"])
+    write_cifar(root, CIFAR10, 0, N_TEST["cifar10"], seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(keras_fixtures, tmp_path_factory):
+    """A converted 100-class state dict and a 10-class one made from it."""
+    tmp = tmp_path_factory.mktemp("weights")
+    w100 = converted(keras_fixtures, "keras3_seed_numbering", tmp)
+    torch.save(ten_class_state(w100, seed=7), tmp / "ten.pt")
+    return {100: w100, 10: tmp / "ten.pt"}
+
+
+def independent_scores(pt, fmt, data_dir):
+    """Top-1/top-5/loss straight from the test file and the model, without the library's data path."""
+    with open(data_dir / fmt.folder / fmt.test_file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    images = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32))
+    labels = torch.tensor(batch[fmt.label_key])
+    state = torch.load(pt, weights_only=True)
+    model = ResidualNetwork(state["head.weight"].shape[0]).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model(images.float() / 127.5 - 1)
+    top1 = (logits.argmax(1) == labels).sum().item() / len(labels)
+    top5 = logits.topk(5, 1).indices.eq(labels[:, None]).any(1).sum().item() / len(labels)
+    return top1, top5, F.cross_entropy(logits, labels).item()
+
+
+def check_outputs(out, fmt, pt, data_dir):
+    report = json.loads((out / "eval.json").read_text())
+    assert report["dataset"] == fmt.name and report["num_classes"] == fmt.num_classes
+    assert report["n_images"] == N_TEST[fmt.name] and report["weights"] == str(pt)
+    assert 0 <= report["top1"] <= report["top5"] <= 1
+    assert list(report["per_class"]) == [f"synthetic_{i}" for i in range(fmt.num_classes)]
+    top1, top5, loss = independent_scores(pt, fmt, data_dir)
+    assert report["top1"] == pytest.approx(top1, abs=1e-9) and report["top5"] == pytest.approx(top5, abs=1e-9)
+    assert report["loss"] == pytest.approx(loss, rel=1e-4)
+    images = report["per_class_images"]
+    assert sum(images.values()) == report["n_images"]
+    correct = sum(round(acc * images[name]) for name, acc in report["per_class"].items() if acc is not None)
+    assert correct == round(report["top1"] * report["n_images"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*tmp"))
+    return report
+
+
+def test_cifar100_converted_weights_agree_with_keras(keras_fixtures, weights, data_dir, tmp_path):
+    start = time.perf_counter()
+    r = run_script(EVALUATE, "--weights", weights[100], "--data-dir", data_dir, "--out", tmp_path / "ev",
+                   "--batch-size", 64, "--device", "cpu", "--keras", keras_fixtures / "keras3_seed_numbering.pkl")
+    seconds = time.perf_counter() - start
+    assert r.returncode == 0, r.stderr
+    assert "top-1" in r.stdout and "worst classes" in r.stdout and "argmax agreement 100.00%" in r.stdout
+    report = check_outputs(tmp_path / "ev", CIFAR100, weights[100], data_dir)
+    k = report["keras"]
+    FIGURES.append(("evaluate cifar100 + --keras", f"{report['n_images']} images in {seconds:.1f} s (script, "
+                                                   f"CPU); Keras agreement {k['agreement']:.4f}, "
+                                                   f"max|dlogit| {k['max_abs_dlogit']:.2e}"))
+    assert k["agreement"] == 1.0 and k["max_abs_dlogit"] <= 1e-4 and k["top1"] == report["top1"]
+
+
+def test_cifar10_ten_class_head_picks_cifar10(weights, data_dir, tmp_path, capsys):
+    start = time.perf_counter()
+    rc, stdout, err = call_script(capsys, EVALUATE, "--weights", weights[10], "--data-dir", data_dir,
+                                  "--out", tmp_path / "ev")
+    seconds = time.perf_counter() - start
+    assert rc == 0, err
+    assert stdout.startswith(f"cifar10 test, {N_TEST['cifar10']} images")
+    check_outputs(tmp_path / "ev", CIFAR10, weights[10], data_dir)
+    FIGURES.append(("evaluate cifar10 (in process)", f"{N_TEST['cifar10']} images in {seconds:.1f} s (CPU)"))
+
+
+def assert_refused(capsys, tmp_path, needles, *args):
+    out = tmp_path / "ev"
+    rc, _, err = call_script(capsys, EVALUATE, *args, "--out", out)
+    assert_one_line_error(rc, err, *needles)
+    assert not out.exists()
+
+
+def test_refusal_from_the_real_script(tmp_path, data_dir):
+    r = run_script(EVALUATE, "--weights", tmp_path / "nope.pt", "--data-dir", data_dir, "--out", tmp_path / "ev")
+    assert_one_line_error(r.returncode, r.stderr, "nope.pt not found")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_refuses_bad_weights(tmp_path, data_dir, weights, capsys):
+    (tmp_path / "text.pt").write_text("hello\n")
+    assert_refused(capsys, tmp_path, ["not a PyTorch state dict"], "--weights", tmp_path / "text.pt",
+                   "--data-dir", data_dir)
+    torch.save({"a": torch.zeros(3)}, tmp_path / "other.pt")
+    assert_refused(capsys, tmp_path, ["not a ResidualNetwork state dict"], "--weights", tmp_path / "other.pt",
+                   "--data-dir", data_dir)
+    state = torch.load(weights[100], weights_only=True)
+    torch.save({**state, "head.weight": state["head.weight"][:37], "head.bias": state["head.bias"][:37]},
+               tmp_path / "w37.pt")
+    assert_refused(capsys, tmp_path, ["37 classes", "no CIFAR dataset"], "--weights", tmp_path / "w37.pt",
+                   "--data-dir", data_dir)
+
+
+def test_refuses_class_count_mismatch(tmp_path, data_dir, weights, keras_fixtures, capsys):
+    assert_refused(capsys, tmp_path, ["100 classes", "cifar10 has 10", "--dataset cifar100"],
+                   "--weights", weights[100], "--dataset", "cifar10", "--data-dir", data_dir)
+    assert_refused(capsys, tmp_path, ["keras3.pkl", "100 classes", "the weights have 10"], "--weights", weights[10],
+                   "--data-dir", data_dir, "--keras", keras_fixtures / "keras3.pkl")
+
+
+def test_refuses_incomplete_or_corrupt_data(tmp_path, data_dir, weights, capsys):
+    args = ("--weights", weights[100], "--data-dir", tmp_path / "d")
+    assert_refused(capsys, tmp_path, ["cifar100 not found", "no network download"], *args, "--no-download")
+    shutil.copytree(data_dir / CIFAR100.folder, tmp_path / "d" / CIFAR100.folder)
+    test_file = tmp_path / "d" / CIFAR100.folder / "test"
+    with open(test_file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    test_file.unlink()
+    assert_refused(capsys, tmp_path, ["incomplete", "test is missing"], *args)
+    with open(test_file, "wb") as f:
+        pickle.dump({**batch, b"data": batch[b"data"].astype(np.float32)}, f, protocol=2)
+    assert_refused(capsys, tmp_path, ["'data' must be uint8", "float32"], *args)
+    test_file.write_bytes(b"\x80\x02}q\x00(")  # a truncated pickle
+    assert_refused(capsys, tmp_path, ["not a readable pickle"], *args)

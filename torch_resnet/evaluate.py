@@ -1,0 +1,147 @@
+"""Test-split evaluation of a ResidualNetwork state dict (``train/evaluate.py``): top-1/top-5,
+loss, per-class accuracy, a confusion matrix, and optionally agreement with Keras itself."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .convert import atomic_write, keras_to_state_dict, load_state_dict, state_dict_to_keras
+from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
+from .errors import UserError
+from .model import ResidualNetwork
+from .safe_pickle import load_array_dict
+
+
+def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
+    """The dataset asked for, or the one with as many classes as the head; they must agree."""
+    by_classes = {f.num_classes: f for f in FORMATS.values()}
+    if dataset is None:
+        if num_classes not in by_classes:
+            raise UserError(f"{weights}: the head has {num_classes} classes; no CIFAR dataset has that many")
+        return by_classes[num_classes]
+    fmt = FORMATS[dataset]
+    if fmt.num_classes != num_classes:
+        hint = f" (use --dataset {by_classes[num_classes].name})" if num_classes in by_classes else ""
+        raise UserError(f"{weights}: the head has {num_classes} classes but {fmt.name} has {fmt.num_classes}{hint}")
+    return fmt
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available")
+    return dev
+
+
+def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order, in inference mode."""
+    model.to(device).eval()
+    batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False)
+    with torch.inference_mode():
+        return torch.cat([model(x).float().cpu() for x, _ in batches.epoch(0)])
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> tuple[dict, np.ndarray]:
+    """The scores, and the confusion matrix (rows: true class, columns: predicted)."""
+    c = logits.shape[1]
+    pred = logits.argmax(1)
+    top5 = logits.topk(min(5, c), 1).indices.eq(labels[:, None]).any(1)
+    confusion = torch.bincount(labels * c + pred, minlength=c * c).view(c, c)
+    counts, correct = confusion.sum(1).tolist(), confusion.diag().tolist()
+    return {
+        "top1": (pred == labels).double().mean().item(),
+        "top5": top5.double().mean().item(),
+        "loss": F.cross_entropy(logits.double(), labels).item(),
+        # a class without test images has no accuracy (null, not NaN: JSON has no NaN)
+        "per_class": {name: (k / m if m else None) for name, k, m in zip(class_names, correct, counts)},
+        "per_class_images": dict(zip(class_names, counts)),
+    }, confusion.numpy()
+
+
+def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
+    """Rows normalised to the fraction of each true class; every class named on both axes."""
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, no display needed
+
+    c = len(class_names)
+    fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size, font = (7, 8) if c <= 20 else (16, 5)  # 100 names fit at 5 pt on a 16-inch figure
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    ax.set_xticks(range(c), class_names, rotation=90, fontsize=font)
+    ax.set_yticks(range(c), class_names, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    return fig
+
+
+def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, batch_size: int = 256,
+             device: str | None = None, keras_pickle=None, shortcut_from_raw: bool = False,
+             download: bool = True) -> dict:
+    """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
+    With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    dev = pick_device(device)
+    state = load_state_dict(weights)
+    num_classes = state["head.weight"].shape[0]
+    fmt = pick_dataset(num_classes, dataset, weights)
+    split = load_cifar(data_dir, fmt, "test", download)
+    if keras_pickle is not None:  # every input is checked before the long work starts
+        if importlib.util.find_spec("tensorflow") is None:
+            raise UserError("--keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
+        keras_state, mapping = keras_to_state_dict(load_array_dict(keras_pickle), shortcut_from_raw)
+        if mapping.num_classes != num_classes:
+            raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
+
+    model = ResidualNetwork(num_classes, shortcut_from_raw)
+    model.load_state_dict(state, strict=True)
+    logits = predict(model, split, batch_size, dev)
+    scores, confusion = metrics(logits, split.labels, split.class_names)
+    report = {"weights": str(weights), "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": num_classes,
+              "n_images": len(split.labels), **scores}
+    if keras_pickle is not None:
+        from .keras_predict import keras_logits
+
+        # The pickle's names depend on its Keras session; mapped to torch keys and back to fresh
+        # Keras 3 names, they are the exact variable paths of keras_model.build in a new session.
+        k = torch.from_numpy(keras_logits(state_dict_to_keras(keras_state), split.images.numpy(),
+                                          shortcut_from_raw, batch_size))
+        report["keras"] = {"pickle": str(keras_pickle),
+                           "top1": (k.argmax(1) == split.labels).double().mean().item(),
+                           "agreement": (k.argmax(1) == logits.argmax(1)).double().mean().item(),
+                           "max_abs_dlogit": (k - logits).abs().max().item()}
+    if out is not None:
+        out = Path(out)
+        title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}\n"
+                 f"{Path(weights).name}")
+        fig = confusion_figure(confusion, split.class_names, title)
+        atomic_write(out / "confusion.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    return report
+
+
+def format_summary(report: dict, worst: int = 5) -> str:
+    lines = [f"{report['dataset']} test, {report['n_images']} images, weights {report['weights']}",
+             f"top-1 {report['top1']:.2%}   top-5 {report['top5']:.2%}   loss {report['loss']:.4f}"]
+    n_images = report["per_class_images"]
+    scored = sorted((acc, i, name) for i, (name, acc) in enumerate(report["per_class"].items()) if acc is not None)
+    lines.append("worst classes: " + ", ".join(f"{name} {acc:.1%} ({round(acc * n_images[name])}/{n_images[name]})"
+                                               for acc, _, name in scored[:worst]))
+    if "keras" in report:
+        k = report["keras"]
+        lines.append(f"keras: top-1 {k['top1']:.2%}, argmax agreement {k['agreement']:.2%}, "
+                     f"max|dlogit| {k['max_abs_dlogit']:.2e}")
+    return "\n".join(lines)

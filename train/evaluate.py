@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Evaluate a ResidualNetwork state dict on the CIFAR test split.
+
+    python train/evaluate.py [--weights weights/resnet_cifar100.pt] [--dataset cifar100|cifar10]
+        [--data-dir data] [--out DIR] [--batch-size 256] [--device cuda|cpu] [--keras PICKLE]
+
+Prints top-1, top-5, mean cross-entropy and the worst classes. With --out: DIR/eval.json (all
+figures, per-class accuracy) and DIR/confusion.png. With --keras: the Keras model itself is run
+on the same images with that pickle (TensorFlow, in a child process) and compared.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch_resnet.convert import DEFAULT_STATE_DICT  # noqa: E402
+from torch_resnet.data import FORMATS  # noqa: E402
+from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.evaluate import evaluate, format_summary  # noqa: E402
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=str(DEFAULT_STATE_DICT),
+                   help=f"state dict (.pt) from the converter or the trainer (default {DEFAULT_STATE_DICT})")
+    p.add_argument("--dataset", choices=sorted(FORMATS), default=None,
+                   help="default: cifar100 for a 100-class head, cifar10 for a 10-class one")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ or cifar-10-batches-py/")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never try to download the dataset when it is absent")
+    p.add_argument("--out", default=None, help="write eval.json and confusion.png into this folder")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--keras", default=None, metavar="PICKLE",
+                   help="also run the Keras model with this Keras pickle and report its agreement")
+    p.add_argument("--shortcut-from-raw", action="store_true",
+                   help="the weights were converted with --shortcut-from-raw")
+    args = p.parse_args(argv)
+    report = evaluate(args.weights, args.dataset, args.data_dir, args.out, args.batch_size, args.device,
+                      args.keras, args.shortcut_from_raw, args.download)
+    print(format_summary(report))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
