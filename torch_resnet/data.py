@@ -119,6 +119,8 @@ def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.T
 class DeviceBatches:
     """A whole split on one device as uint8; batches shuffled and augmented there.
 
+    (A split of float tensors, such as cached backbone features, is batched as it is.)
+
     Augmentation is torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` in
     distribution: offsets uniform in 0..8 on each axis over a zero-padded image, flip with p=0.5.
     All random numbers of an epoch come from a CPU generator seeded by (seed, epoch), so an epoch
@@ -134,14 +136,18 @@ class DeviceBatches:
         self.batch_size, self.device = batch_size, torch.device(device)
         self.shuffle, self.augment, self.seed, self.channels_last = shuffle, augment, seed, channels_last
         self.rank, self.world = shard
-        if augment:  # pad once; a crop is then a gather at a random offset
-            self.padded = torch.nn.functional.pad(self.images, (self.PAD,) * 4)
 
     def __len__(self) -> int:  # batches per epoch on this rank
         return -(-self.per_rank() // self.batch_size)
 
     def per_rank(self) -> int:
-        return len(self.labels) // self.world if self.world > 1 else len(self.labels)
+        """Images this rank sees per epoch. Training shards are cut to equal sizes (every rank
+        must take the same number of steps); evaluation shards keep every image."""
+        if self.world == 1:
+            return len(self.labels)
+        if self.shuffle:
+            return len(self.labels) // self.world
+        return len(range(self.rank, len(self.labels), self.world))
 
     def epoch(self, epoch: int):
         n = len(self.labels)
@@ -151,7 +157,7 @@ class DeviceBatches:
             offsets = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
             flips = torch.rand(n, generator=g) < 0.5
         if self.world > 1:  # each rank takes every world-th image of the same global order
-            order = order[: self.per_rank() * self.world][self.rank::self.world]
+            order = order[: self.per_rank() * self.world if self.shuffle else n][self.rank::self.world]
         order = order.to(self.device, non_blocking=True)
         if self.augment:
             offsets = offsets.to(self.device, non_blocking=True)[order]
@@ -160,18 +166,23 @@ class DeviceBatches:
             idx = order[start:start + self.batch_size]
             if self.augment:
                 sl = slice(start, start + self.batch_size)
-                images = self.crop_and_flip(self.padded[idx], offsets[sl], flips[sl])
+                images = self.crop_and_flip(self.images[idx], offsets[sl], flips[sl])
             else:
                 images = self.images[idx]
-            yield to_model_input(images, self.channels_last), self.labels[idx]
+            if images.dtype == torch.uint8:
+                images = to_model_input(images, self.channels_last)
+            yield images, self.labels[idx]  # float tensors (cached features) pass as they are
 
     @staticmethod
-    def crop_and_flip(padded: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        b, c = padded.shape[:2]
-        size = padded.shape[-1] - 2 * DeviceBatches.PAD
-        base = torch.arange(size, device=padded.device)
-        rows = (offsets[:, 0:1] + base)[:, None, :, None]  # B x 1 x H x 1
-        cols = offsets[:, 1:2] + base
-        cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # flip = reversed columns
-        return padded[torch.arange(b, device=padded.device)[:, None, None, None],
-                      torch.arange(c, device=padded.device)[None, :, None, None], rows, cols]
+    def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop each image at ``offsets`` (0..2*PAD per axis) from its zero-padded version, then
+        mirror where ``flips``; done as one gather, without materialising padded copies."""
+        b, c, h, w = images.shape
+        pad, dev = DeviceBatches.PAD, images.device
+        rows = offsets[:, 0:1] - pad + torch.arange(h, device=dev)  # B x H source rows (may fall outside)
+        cols = offsets[:, 1:2] - pad + torch.arange(w, device=dev)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the columns right to left
+        inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
+        out = images[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                     rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]]
+        return out * inside  # the padding is zeros, as in torchvision's RandomCrop(padding=4)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convert import DEFAULT_STATE_DICT, atomic_write, load_state_dict, names_sidecar
-from .data import CIFAR10, DeviceBatches, load_cifar, split_train_val
+from .data import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
 from .errors import UserError
 from .model import FEATURES, ResidualNetwork
 
@@ -89,9 +89,10 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
-def prepare_model(cfg: TrainConfig, num_classes: int = 10) -> ResidualNetwork:
-    """Pretrained backbone + new seeded head (or a --freeze run's head), set up for the regime."""
-    state = load_state_dict(cfg.init_from or cfg.weights)
+def prepare_model(cfg: TrainConfig, num_classes: int = 10, state: dict | None = None) -> ResidualNetwork:
+    """Pretrained backbone + new seeded head (or a --freeze run's head), set up for the regime.
+    The weights come from ``cfg.init_from`` / ``cfg.weights`` unless a ``state`` dict is given."""
+    state = state if state is not None else load_state_dict(cfg.init_from or cfg.weights)
     model = ResidualNetwork(state["head.weight"].shape[0])
     model.load_state_dict(state, strict=True)
     if cfg.init_from is None or model.num_classes != num_classes:
@@ -144,10 +145,11 @@ class Stepper:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
     def logits(self, x):
-        if self.freeze:  # the frozen backbone keeps no activations for backward
-            with torch.no_grad():
-                features = self.backbone(x)
-            return self.trained(features)
+        if self.freeze:
+            if x.dim() == 4:  # images (else cached features): no activations kept for the backbone
+                with torch.no_grad():
+                    x = self.backbone(x)
+            return self.trained(x)
         return self.trained(x)
 
     def step(self, x, y):
@@ -172,6 +174,21 @@ class Stepper:
                                    (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
         loss_sum, correct, n = all_reduce(totals).tolist()
         return loss_sum / n, correct / n
+
+
+@torch.no_grad()
+def backbone_features(model: ResidualNetwork, split: CifarSplit, batch_size: int, channels_last: bool,
+                      autocast_dtype) -> CifarSplit:
+    """The frozen backbone's features of a whole split: for --freeze without augmentation, where
+    every epoch would compute exactly these again."""
+    model.eval()
+    device = model.head.weight.device
+    parts = []
+    for x, _ in DeviceBatches(split, batch_size, device, shuffle=False, augment=False,
+                              channels_last=channels_last).epoch(0):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            parts.append(model.backbone(x).float())
+    return CifarSplit(torch.cat(parts), split.labels, split.class_names)
 
 
 def amp_dtype(amp: str, device: torch.device):
@@ -376,12 +393,14 @@ def run(cfg: TrainConfig) -> dict:
     train, val = split_train_val(full_train, cfg.val_size, cfg.seed)
     per_rank = cfg.batch_size // ctx.world
     shard = (ctx.rank, ctx.world)
-    train_batches = DeviceBatches(train, per_rank, device, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                                  channels_last=channels_last, shard=shard)
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=shard)
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw)
     test_batches = DeviceBatches(test, per_rank, device, **eval_kw)
 
+    if cfg.freeze and not cfg.augment:
+        train = backbone_features(model, train, per_rank, channels_last, amp_dtype(cfg.amp, device))
+    train_batches = DeviceBatches(train, per_rank, device, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                                  channels_last=channels_last, shard=shard)
     optimizer = optimizer_for(model, cfg)
     total_steps = cfg.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the whole run, per step
