@@ -51,3 +51,13 @@ def test_images_to_input_scales_to_minus_one_one_in_nchw():
     assert x.shape == (2, 3, 4, 4)
     assert x[0, :, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1])
     assert torch.equal(images_to_input(images.permute(0, 3, 1, 2).contiguous()), x)
+
+
+def test_inference_path_equals_training_path():
+    # Without autograd the blocks apply SiLU in place; the numbers must not change.
+    torch.manual_seed(0)
+    model = ResidualNetwork(10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.equal(fast, model(x).detach())

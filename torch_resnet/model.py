@@ -62,13 +62,14 @@ class ResidualBlock(nn.Module):
         self.shortcut_from_raw = shortcut_from_raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.silu(self.bn1(x))
+        inplace = not torch.is_grad_enabled()  # without autograd, no need for a second activation buffer
+        y = F.silu(self.bn1(x), inplace=inplace)
         if self.shortcut is None:
             s = x
         else:
             s = self.shortcut(x if self.shortcut_from_raw else y)
         y = self.conv1(y)
-        y = self.conv2(F.silu(self.bn2(y)))
+        y = self.conv2(F.silu(self.bn2(y), inplace=inplace))
         return y + s
 
 

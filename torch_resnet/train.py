@@ -112,7 +112,8 @@ def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optim
         head_lr = cfg.head_lr if cfg.head_lr is not None else (lr if cfg.init_from else HEAD_LR)
         convs = [p for p in model.backbone.parameters() if p.requires_grad]
         groups = [{"params": convs, "lr": lr}, {"params": list(model.head.parameters()), "lr": head_lr}]
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    on_cuda = model.head.weight.is_cuda  # the fused kernel: one launch per step for all tensors
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=on_cuda or None)
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -166,12 +167,13 @@ class Stepper:
     @torch.no_grad()
     def evaluate(self, batches: DeviceBatches):
         self.model.eval()
-        totals = torch.zeros(3, device=batches.device, dtype=torch.float64)
+        totals = torch.zeros(3, device=batches.device, dtype=torch.float64)  # loss sum, correct, count
         for x, y in batches.epoch(0):
             with self.autocast():
                 logits = self.model(x).float()
-            totals += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                                   (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
+            totals[0] += F.cross_entropy(logits, y, reduction="sum")
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)  # a Python number: no host-to-device copy (that would sync)
         loss_sum, correct, n = all_reduce(totals).tolist()
         return loss_sum / n, correct / n
 
@@ -209,10 +211,12 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(stepper: Stepper, batches: DeviceBatches, epoch: int, progress, log_every: int):
     stepper.model.train()  # frozen BatchNorms stay in eval mode
-    totals = torch.zeros(3, device=batches.device, dtype=torch.float64)
+    totals = torch.zeros(3, device=batches.device, dtype=torch.float64)  # loss sum, correct, count
     for i, (x, y) in enumerate(batches.epoch(epoch)):
         loss, logits = stepper.step(x, y)
-        totals += torch.stack([loss * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
+        totals[0] += loss * len(y)
+        totals[1] += (logits.argmax(1) == y).sum()
+        totals[2] += len(y)  # a Python number: no host-to-device copy (that would sync)
         if (i + 1) % log_every == 0:  # one read-back every few steps, not a device sync per step
             check_finite(loss.item(), epoch)
             progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
