@@ -98,7 +98,8 @@ def test_freeze_step_needs_far_less_memory_than_full(freeze_run, full_run):
     assert freeze < full / 4
 
 
-def test_learns_learnable_classes(setup, tmp_path):
+@pytest.mark.parametrize("augment", [True, False])  # without augmentation: cached backbone features
+def test_learns_learnable_classes(setup, tmp_path, augment):
     # The parity fixture's random BN statistics give features with a large common offset that a
     # few Adam steps cannot get past. A stand-in for a pretrained network: PyTorch's init with
     # BN statistics measured on the training images, as a trained network would have them.
@@ -114,8 +115,9 @@ def test_learns_learnable_classes(setup, tmp_path):
         model.train()(to_model_input(load_cifar(root / "data", CIFAR10, "train").images))
     weights = tmp_path / "init.pt"
     torch.save(model.state_dict(), weights)
-    metrics, _, _ = train((root, weights), tmp_path, freeze=True, epochs=4, batch_size=20, lr=0.03)
-    FIGURES.append(("freeze regime on learnable synthetic CIFAR-10", f"test accuracy {metrics['test_accuracy']:.3f}"))
+    metrics, _, _ = train((root, weights), tmp_path, freeze=True, epochs=4, batch_size=20, lr=0.03, augment=augment)
+    FIGURES.append((f"freeze regime on learnable synthetic CIFAR-10, augment={augment}",
+                    f"test accuracy {metrics['test_accuracy']:.3f}"))
     assert metrics["test_accuracy"] >= 0.4  # chance is 0.1
 
 

@@ -128,6 +128,7 @@ class DeviceBatches:
     """
 
     PAD = 4
+    CHUNK = 16  # batches gathered and augmented together
 
     def __init__(self, split: CifarSplit, batch_size: int, device, *, shuffle: bool, augment: bool,
                  seed: int = 0, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
@@ -162,16 +163,21 @@ class DeviceBatches:
         if self.augment:
             offsets = offsets.to(self.device, non_blocking=True)[order]
             flips = flips.to(self.device, non_blocking=True)[order]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        # Gather and augment CHUNK batches at a time: the same work in a sixteenth of the kernel
+        # launches, which matter when a step takes a few milliseconds.
+        chunk = self.batch_size * self.CHUNK
+        for chunk_start in range(0, len(order), chunk):
+            idx = order[chunk_start:chunk_start + chunk]
+            images = self.images[idx]
             if self.augment:
-                sl = slice(start, start + self.batch_size)
-                images = self.crop_and_flip(self.images[idx], offsets[sl], flips[sl])
-            else:
-                images = self.images[idx]
-            if images.dtype == torch.uint8:
-                images = to_model_input(images, self.channels_last)
-            yield images, self.labels[idx]  # float tensors (cached features) pass as they are
+                images = self.crop_and_flip(images, offsets[chunk_start:chunk_start + chunk],
+                                            flips[chunk_start:chunk_start + chunk])
+            labels = self.labels[idx]
+            for start in range(0, len(idx), self.batch_size):
+                batch = images[start:start + self.batch_size]
+                if batch.dtype == torch.uint8:  # float tensors (cached features) pass as they are
+                    batch = to_model_input(batch, self.channels_last)
+                yield batch, labels[start:start + self.batch_size]
 
     @staticmethod
     def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
