@@ -182,13 +182,14 @@ class DeviceBatches:
     @staticmethod
     def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Crop each image at ``offsets`` (0..2*PAD per axis) from its zero-padded version, then
-        mirror where ``flips``; done as one gather, without materialising padded copies."""
+        mirror where ``flips``. Two gathers (rows, then columns) whose index tensors are
+        broadcast views, so no padded copy and no full-size index is ever materialised."""
         b, c, h, w = images.shape
-        pad, dev = DeviceBatches.PAD, images.device
-        rows = offsets[:, 0:1] - pad + torch.arange(h, device=dev)  # B x H source rows (may fall outside)
-        cols = offsets[:, 1:2] - pad + torch.arange(w, device=dev)
+        pad = DeviceBatches.PAD
+        rows = offsets[:, 0:1] - pad + torch.arange(h, device=images.device)  # B x H source rows, may fall outside
+        cols = offsets[:, 1:2] - pad + torch.arange(w, device=images.device)
         cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the columns right to left
+        out = images.gather(2, rows.clamp(0, h - 1)[:, None, :, None].expand(b, c, h, w))
+        out = out.gather(3, cols.clamp(0, w - 1)[:, None, None, :].expand(b, c, h, w))
         inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
-        out = images[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                     rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]]
         return out * inside  # the padding is zeros, as in torchvision's RandomCrop(padding=4)

@@ -15,6 +15,7 @@ from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
 from .errors import UserError
 from .model import ResidualNetwork
 from .safe_pickle import load_array_dict
+from .train import pick_device
 
 
 def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
@@ -29,18 +30,6 @@ def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
         hint = f" (use --dataset {by_classes[num_classes].name})" if num_classes in by_classes else ""
         raise UserError(f"{weights}: the head has {num_classes} classes but {fmt.name} has {fmt.num_classes}{hint}")
     return fmt
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available")
-    return dev
 
 
 def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device) -> torch.Tensor:
@@ -94,7 +83,7 @@ def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, bat
     With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    dev = pick_device(device)
+    dev = pick_device(device or "auto")
     state = load_state_dict(weights)
     num_classes = state["head.weight"].shape[0]
     fmt = pick_dataset(num_classes, dataset, weights)
