@@ -146,11 +146,9 @@ class Stepper:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
     def logits(self, x):
-        if self.freeze:
-            if x.dim() == 4:  # images (else cached features): no activations kept for the backbone
-                with torch.no_grad():
-                    x = self.backbone(x)
-            return self.trained(x)
+        if self.freeze and x.dim() == 4:  # images (not cached features): no activations kept for the backbone
+            with torch.no_grad():
+                x = self.backbone(x)
         return self.trained(x)
 
     def step(self, x, y):
@@ -319,22 +317,21 @@ def validate(cfg: TrainConfig, world: int) -> None:
 
 
 def step_memory_bytes(stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Memory one training step needs beyond the input batch.
+    """Memory of one training step.
 
-    CUDA: the allocator's peak during the step. CPU (no allocator statistics): weights +
-    activations kept for backward + gradients + optimizer state, counted from tensor sizes.
-    The step's update is undone afterwards (weights and optimizer state are restored).
+    CUDA: the allocator's peak during the step (everything resident: data set, weights,
+    activations, gradients, optimizer state, workspaces). CPU, which keeps no allocator
+    statistics: weights + activations kept for backward + gradients + optimizer state, counted
+    from tensor sizes (the data set not included). The step's update is undone afterwards.
     """
     model, opt, sched = stepper.model, stepper.optimizer, stepper.scheduler
     saved = ({k: v.clone() for k, v in model.state_dict().items()}, _clone_opt_state(opt), sched.state_dict())
     if x.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device) - x.numel() * x.element_size()
         stepper.step(x, y)
         torch.cuda.synchronize()
-        result = torch.cuda.max_memory_allocated(x.device) - x.numel() * x.element_size()
-        result = max(result, base)
+        result = torch.cuda.max_memory_allocated(x.device)
     else:
         storages = {}
 
