@@ -3,16 +3,16 @@
 
     python bench/throughput.py --device cpu --json FILE [--images N] [--batch-size B]
 
-For each regime (freeze, full), in its own process (so that peak RSS is the regime's own):
+For each regime (freeze, full), our loop and the baseline each in a fresh process of its own
+(so that peak RSS is each one's own and neither runs in the other's warmed-up process):
   epoch     images/s of a whole training epoch as train/finetune.py runs it: device-resident
             uint8 data, batch augmentation, step, metrics (one warm-up epoch first, untimed);
   ceiling   images/s of the bare step on one pre-made device batch, as many steps as an epoch;
   baseline  images/s of the loop a typical user writes: torchvision DataLoader with per-image
             PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
             Normalize), fp32, contiguous NCHW, loss.item() every step;
-  peak memory: CUDA max allocated, or peak RSS of the process on CPU (measured after our epoch
-            and ceiling, before the baseline runs), plus the step-memory accounting of
-            torch_resnet.train.step_memory_bytes.
+  peak memory: CUDA max allocated, or peak RSS of the process on CPU, for ours and the
+            baseline, plus the step-memory accounting of torch_resnet.train.step_memory_bytes.
 Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images
 written in that format to a temporary folder.
 """
@@ -126,13 +126,8 @@ def baseline(regime, data, args, device):
             total += loss.item()
 
     epoch(limit=3)  # warm-up of the model; the loader's start-up stays in the timed epoch, as for a user
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(device, epoch)
-    out = {"baseline_ips": len(data.labels) / seconds}
-    if device.type == "cuda":
-        out["baseline_peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
-    return out
+    return {"baseline_ips": len(data.labels) / seconds}
 
 
 def worker(args):
@@ -142,14 +137,13 @@ def worker(args):
     data = load_cifar(args.data_dir, CIFAR10, "train", download=False)
     if args.images and args.images < len(data.labels):
         data.images, data.labels = data.images[:args.images], data.labels[:args.images]
-    result = ours(args.worker, data, args, device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    if not args.skip_baseline:
-        result.update(baseline(args.worker, data, args, device))
-    result["images"] = len(data.labels)
-    result["resident_data_bytes"] = data.images.numel() * data.images.element_size() + data.labels.numel() * 8
+    if args.loop == "ours":
+        result = ours(args.worker, data, args, device)
+        result["images"] = len(data.labels)
+        result["resident_data_bytes"] = data.images.numel() * data.images.element_size() + data.labels.numel() * 8
+    else:
+        result = baseline(args.worker, data, args, device)
+        result["baseline_peak_mem_bytes"] = peak_memory_bytes(device)
     print(json.dumps(result))
 
 
@@ -161,16 +155,17 @@ def machine(device_name: str) -> str:
 
 def table(results) -> str:
     lines = [f"{'regime':<8}{'epoch img/s':>13}{'ceiling img/s':>15}{'baseline img/s':>16}"
-             f"{'epoch/ceiling':>15}{'ours/baseline':>15}{'peak MiB':>10}{'step MiB':>10}"]
+             f"{'epoch/ceiling':>15}{'ours/baseline':>15}{'peak MiB':>10}{'step MiB':>10}{'baseline MiB':>14}"]
     for regime in REGIMES:
         if regime not in results:
             continue
         r = results[regime]
         base = f"{r['baseline_ips']:.0f}" if "baseline_ips" in r else "-"
         speedup = f"{r['ours_over_baseline']:.1f}x" if "baseline_ips" in r else "-"
+        base_mem = f"{r['baseline_peak_mem_bytes'] / 2**20:.0f}" if "baseline_peak_mem_bytes" in r else "-"
         lines.append(f"{regime:<8}{r['epoch_ips']:>13.0f}{r['ceiling_ips']:>15.0f}"
                      f"{base:>16}{r['epoch_over_ceiling']:>15.2f}{speedup:>15}"
-                     f"{r['peak_mem_bytes'] / 2**20:>10.0f}{r['step_mem_bytes'] / 2**20:>10.0f}")
+                     f"{r['peak_mem_bytes'] / 2**20:>10.0f}{r['step_mem_bytes'] / 2**20:>10.0f}{base_mem:>14}")
     if "freeze" in results and "full" in results:
         f, g = results["freeze"], results["full"]
         line = (f"freeze/full peak memory {f['peak_mem_bytes'] / g['peak_mem_bytes']:.2f}, "
@@ -196,6 +191,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with cifar-10-batches-py (default: a generated stand-in)")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--worker", choices=REGIMES, help=argparse.SUPPRESS)
+    p.add_argument("--loop", choices=["ours", "baseline"], default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
@@ -212,13 +208,16 @@ def main(argv=None):
         results = {"machine": machine(args.device), "device": str(device), "batch_size": args.batch_size,
                    "compile": args.compile}
         for regime in args.regimes:
-            cmd = [sys.executable, __file__, "--worker", regime, "--device", args.device, "--images", str(images),
-                   "--batch-size", str(args.batch_size), "--amp", args.amp, "--data-dir", data_dir]
-            cmd += ["--compile"] * args.compile + ["--skip-baseline"] * args.skip_baseline
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise UserError(f"the {regime} measurement failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+            res = {}
+            for loop in ("ours",) + ("baseline",) * (not args.skip_baseline):  # a fresh process each
+                cmd = [sys.executable, __file__, "--worker", regime, "--loop", loop, "--device", args.device,
+                       "--images", str(images), "--batch-size", str(args.batch_size), "--amp", args.amp,
+                       "--data-dir", data_dir] + ["--compile"] * args.compile
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    last = (r.stderr.strip().splitlines() or ["?"])[-1]
+                    raise UserError(f"the {regime} measurement ({loop}) failed: {last}")
+                res.update(json.loads(r.stdout.strip().splitlines()[-1]))
             res["epoch_over_ceiling"] = res["epoch_ips"] / res["ceiling_ips"]
             if "baseline_ips" in res:
                 res["ours_over_baseline"] = res["epoch_ips"] / res["baseline_ips"]
