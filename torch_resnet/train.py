@@ -92,7 +92,11 @@ def freeze_batchnorm(module: nn.Module) -> None:
 def prepare_model(cfg: TrainConfig, num_classes: int = 10, state: dict | None = None) -> ResidualNetwork:
     """Pretrained backbone + new seeded head (or a --freeze run's head), set up for the regime.
     The weights come from ``cfg.init_from`` / ``cfg.weights`` unless a ``state`` dict is given."""
-    state = state if state is not None else load_state_dict(cfg.init_from or cfg.weights)
+    source = Path(cfg.init_from or cfg.weights)
+    if state is None and source == DEFAULT_STATE_DICT and not source.is_file():
+        raise UserError(f"no weights at {source}: convert the course pickle first "
+                        f"(python convert/keras_pickle_to_pt.py) or pass --weights")
+    state = state if state is not None else load_state_dict(source)
     model = ResidualNetwork(state["head.weight"].shape[0])
     model.load_state_dict(state, strict=True)
     if cfg.init_from is None or model.num_classes != num_classes:
