@@ -112,3 +112,18 @@ def test_not_a_dict_and_non_array_values(tmp_path, good):
     assert_refused(tmp_path, write_pickle(tmp_path, list(good.values())), "expected a dict")
     key = "sequential_3/dense_1/bias"
     assert_refused(tmp_path, write_pickle(tmp_path, {**good, key: good[key].tolist()}), key, "not a numpy array")
+
+
+def test_memory_bomb_bytes_call_is_refused(tmp_path):
+    src = tmp_path / "bomb.pkl"  # protocol 2: bytes(2**33), 8 GiB from 28 bytes
+    src.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x02\x85R.")
+    assert_refused(tmp_path, src, "bytes() called with arguments")
+
+
+def test_never_overwrites_its_input(tmp_path, good):
+    src = tmp_path / "weights.pt"  # a pickle whose name ends in .pt: the default output is itself
+    src.write_bytes(pickle.dumps(good))
+    before = src.read_bytes()
+    r = run_script(CONVERTER, src)
+    assert r.returncode == 2 and "is the input pickle" in r.stderr
+    assert src.read_bytes() == before

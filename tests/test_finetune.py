@@ -263,3 +263,53 @@ def test_non_finite_loss_stops_and_keeps_earlier_run(setup, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2 and "non-finite" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_changed_options(setup, tmp_path):
+    out = tmp_path / "o"
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze", "--resume", "--lr", "0.5"),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "used lr=None, not 0.5" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("poison,needle", [
+    (lambda s: s.__setitem__("head.bias", torch.full((100,), float("nan"))), "head.bias holds non-finite"),
+    (lambda s: s.__setitem__("head.weight", s["head.weight"].long()), "head.weight has dtype torch.int64"),
+    (lambda s: s.__setitem__("backbone.bn.weight", [1.0] * 256), "backbone.bn.weight is a list"),
+])
+def test_weights_with_bad_values(setup, tmp_path, poison, needle):
+    state = torch.load(setup[1], weights_only=True)
+    poison(state)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    r = run_script("train/finetune.py", "--weights", bad, "--data-dir", setup[0] / "data", "--out", tmp_path / "o")
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_step_memory_measurement_leaves_no_trace(setup):
+    from torch_resnet.train import Stepper, optimizer_for, prepare_model, step_memory_bytes
+    cfg = TrainConfig(freeze=False)
+    model = prepare_model(cfg, state=torch.load(setup[1], weights_only=True))
+    opt = optimizer_for(model, cfg)
+    stepper = Stepper(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.9 ** s), cfg, torch.device("cpu"))
+    stepper.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)  # as with --amp fp16
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    stepper.step(x, y)  # some optimizer state to keep
+    before = ({k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict(),
+              stepper.scheduler.state_dict(), stepper.scaler.state_dict())
+    before_opt = {k: {n: t.clone() for n, t in s.items()} for k, s in before[1]["state"].items()}
+    assert step_memory_bytes(stepper, x, y) > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before[0].items())
+    after_opt = opt.state_dict()["state"]
+    assert all(torch.equal(t, after_opt[k][n]) for k, s in before_opt.items() for n, t in s.items())
+    assert stepper.scheduler.state_dict() == before[2] and stepper.scaler.state_dict() == before[3]
+
+
+def test_class_names_that_are_not_utf8(setup, tmp_path):
+    import pickle
+    from torch_resnet.data import load_cifar
+    data = corrupt_copy(setup, tmp_path, lambda d: (d / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [b"\xff\xfe"] * 10}, protocol=2)))
+    assert len(load_cifar(data, CIFAR10, "test", download=False).class_names) == 10

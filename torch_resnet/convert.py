@@ -33,6 +33,8 @@ def atomic_write(path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename: no half-written file after a crash either
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
@@ -54,12 +56,14 @@ def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool =
     mapping = map_keras_names(arrays)
     expected = ResidualNetwork(mapping.num_classes, shortcut_from_raw).state_dict()
     state = {}
-    for key, tkey in mapping.pairs:
-        check_array(key, arrays[key])
+    for key, tkey in mapping.pairs:  # shapes first: a huge tensor is refused before it is scanned
         value = keras_to_torch_layout(keras_variable_of(tkey), arrays[key])
         if tuple(value.shape) != tuple(expected[tkey].shape):
             raise UserError(f"tensor {key!r} has shape {arrays[key].shape}, which does not fit {tkey} "
                             f"(PyTorch shape {tuple(expected[tkey].shape)})")
+    for key, tkey in mapping.pairs:
+        check_array(key, arrays[key])
+        value = keras_to_torch_layout(keras_variable_of(tkey), arrays[key])
         state[tkey] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     for tkey, value in expected.items():
         if tkey.endswith("num_batches_tracked"):  # PyTorch-only counter, unused with momentum set
@@ -103,6 +107,17 @@ def load_state_dict(path, num_classes: int | None = None) -> dict[str, torch.Ten
         raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or "head.weight" not in state:
         raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
+    for key, value in state.items():
+        if not torch.is_tensor(value):
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        if key.endswith("num_batches_tracked"):
+            continue
+        if not value.is_floating_point():
+            raise UserError(f"{path}: {key} has dtype {value.dtype}, expected floating point")
+        if not torch.isfinite(value).all():
+            raise UserError(f"{path}: {key} holds non-finite values (NaN or inf)")
+    if state["head.weight"].dim() != 2:
+        raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
     n = state["head.weight"].shape[0]
     if num_classes is not None and n != num_classes:
         raise UserError(f"{path}: head has {n} classes, expected {num_classes}")

@@ -90,8 +90,9 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
     names = [f"class_{i}" for i in range(fmt.num_classes)]
     if (root / fmt.meta_file).is_file():
         meta = safe_load(root / fmt.meta_file, encoding="bytes")
-        if isinstance(meta, dict) and len(meta.get(fmt.names_key, [])) == fmt.num_classes:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[fmt.names_key]]
+        listed = meta.get(fmt.names_key) if isinstance(meta, dict) else None
+        if isinstance(listed, (list, tuple)) and len(listed) == fmt.num_classes:  # else keep class_<i>
+            names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed]
     images = np.concatenate([p[0] for p in parts])
     if len(images) == 0:
         raise UserError(f"{root}: the {split} split holds no images")

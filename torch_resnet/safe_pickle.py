@@ -18,13 +18,31 @@ _ALLOWED = {
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol 2 pickles store array bytes as latin-1 text...
-    ("__builtin__", "bytes"), ("builtins", "bytes"),  # ...and empty bytes as bytes()
 }
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """Protocol 2 pickles store bytes as latin-1 text rebuilt by ``_codecs.encode``; only that."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise UserError("refusing to load: _codecs.encode called with something other than latin-1 text")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    """Protocol 2 pickles store empty bytes as ``bytes()``; any argument (bytes(2**33)...) is refused."""
+    if args:
+        raise UserError("refusing to load: bytes() called with arguments")
+    return b""
+
+
+_REPLACED = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+             ("builtins", "bytes"): _empty_bytes}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) in _REPLACED:
+            return _REPLACED[(module, name)]
         if (module, name) not in _ALLOWED:
             raise UserError(f"refusing to load: the pickle references {module}.{name}, "
                             f"which is not a numpy array (it could run code)")

@@ -205,6 +205,10 @@ def amp_dtype(amp: str, device: torch.device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
@@ -220,8 +224,9 @@ def train_one_epoch(stepper: Stepper, batches: DeviceBatches, epoch: int, progre
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += len(y)  # a Python number: no host-to-device copy (that would sync)
         if (i + 1) % log_every == 0:  # one read-back every few steps, not a device sync per step
-            check_finite(loss.item(), epoch)
-            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            mean_loss = all_reduce(loss.clone()).item() / world_size()  # every rank sees a NaN anywhere
+            check_finite(mean_loss, epoch)
+            progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         progress.update(1)
     loss_sum, correct, n = all_reduce(totals).tolist()
     check_finite(loss_sum, epoch)
@@ -326,10 +331,12 @@ def step_memory_bytes(stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> int
     CUDA: the allocator's peak during the step (everything resident: data set, weights,
     activations, gradients, optimizer state, workspaces). CPU, which keeps no allocator
     statistics: weights + activations kept for backward + gradients + optimizer state, counted
-    from tensor sizes (the data set not included). The step's update is undone afterwards.
+    from tensor sizes (the data set not included). The step is undone afterwards: weights,
+    optimizer, schedule and loss scale are as before, so measuring does not change the run.
     """
     model, opt, sched = stepper.model, stepper.optimizer, stepper.scheduler
-    saved = ({k: v.clone() for k, v in model.state_dict().items()}, _clone_opt_state(opt), sched.state_dict())
+    saved = ({k: v.clone() for k, v in model.state_dict().items()}, _clone_opt_state(opt), sched.state_dict(),
+             stepper.scaler.state_dict())
     if x.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(x.device)
@@ -354,6 +361,8 @@ def step_memory_bytes(stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> int
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     sched.load_state_dict(saved[2])
+    if saved[3]:  # an enabled GradScaler (fp16) counted the step too
+        stepper.scaler.load_state_dict(saved[3])
     opt.zero_grad(set_to_none=True)
     return int(result)
 
@@ -371,6 +380,8 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+# Options that do not change the numbers a run produces, so a resumed run may set them anew.
+RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir", "device", "out", "compile"}
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"]
 
 
@@ -380,6 +391,8 @@ def run(cfg: TrainConfig) -> dict:
     validate(cfg, ctx.world)
     out = Path(cfg.out or f"runs/{cfg.regime}")
     ckpt_path = out / "checkpoint.pt"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     if ckpt_path.exists() and not (cfg.resume or cfg.overwrite):
         raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
                         f"again, or another --out")
@@ -415,9 +428,9 @@ def run(cfg: TrainConfig) -> dict:
     history, start_epoch, seconds_before = [], 0, 0.0
     if cfg.resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        for key in ("freeze", "seed", "batch_size", "epochs", "augment", "val_size"):
-            if ckpt["config"][key] != getattr(cfg, key):
-                raise UserError(f"--resume: the run in {out} used {key}={ckpt['config'][key]}, not {getattr(cfg, key)}")
+        for key, value in asdict(cfg).items():  # everything that decides the result must be as before
+            if key not in RESUME_MAY_CHANGE and ckpt["config"].get(key) != value:
+                raise UserError(f"--resume: the run in {out} used {key}={ckpt['config'].get(key)}, not {value}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -477,9 +490,11 @@ def run(cfg: TrainConfig) -> dict:
 def write_outputs(out: Path, model: ResidualNetwork, metrics: dict, cfg: TrainConfig) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.pt", lambda tmp: torch.save(state, tmp))
-    source_names = names_sidecar(cfg.init_from or cfg.weights)
+    source_names, names = names_sidecar(cfg.init_from or cfg.weights), names_sidecar(out / "model.pt")
     if source_names.is_file():  # keep the Keras names for the way back (convert/pt_to_keras_pickle.py)
-        atomic_write(names_sidecar(out / "model.pt"), lambda tmp: shutil.copyfile(source_names, tmp))
+        atomic_write(names, lambda tmp: shutil.copyfile(source_names, tmp))
+    else:  # an earlier run's names would be taken for this model's
+        names.unlink(missing_ok=True)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, EPOCH_FIELDS)
