@@ -25,6 +25,20 @@ def keras_fixtures(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def setup(keras_fixtures, tmp_path_factory):
+    """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests."""
+    from torch_resnet.convert import convert_pickle
+    from torch_resnet.data import CIFAR10
+    from torch_resnet.synthetic import write_cifar
+
+    root = tmp_path_factory.mktemp("finetune")
+    weights = root / "weights.pt"
+    convert_pickle(keras_fixtures / "keras3.pkl", weights)
+    write_cifar(root / "data", CIFAR10, train_size=160, test_size=80, seed=5)
+    return root, weights
+
+
 def pytest_terminal_summary(terminalreporter):
     if FIGURES:
         terminalreporter.section("measured figures")

@@ -7,7 +7,6 @@ import sys
 import torch
 
 from conftest import FIGURES, ROOT
-from test_finetune import setup  # noqa: F401  (the module's data and weights fixture)
 
 
 def finetune(setup, out, launcher):
@@ -20,7 +19,7 @@ def finetune(setup, out, launcher):
     return r.stdout, torch.load(out / "model.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
 
 
-def test_two_ranks_match_one_process(setup, tmp_path):  # noqa: F811
+def test_two_ranks_match_one_process(setup, tmp_path):
     out1, single, m1 = finetune(setup, tmp_path / "one", [sys.executable])
     out2, ddp, m2 = finetune(setup, tmp_path / "two",
                              [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])

@@ -9,21 +9,10 @@ import pytest
 import torch
 
 from conftest import FIGURES, ROOT, run_script
-from torch_resnet.convert import convert_pickle
 from torch_resnet.data import CIFAR10
-from torch_resnet.synthetic import write_cifar
 from torch_resnet.train import TrainConfig, run
 
 SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, download=False)
-
-
-@pytest.fixture(scope="module")
-def setup(keras_fixtures, tmp_path_factory):
-    root = tmp_path_factory.mktemp("finetune")
-    weights = root / "weights.pt"
-    convert_pickle(keras_fixtures / "keras3.pkl", weights)
-    write_cifar(root / "data", CIFAR10, train_size=160, test_size=80, seed=5)
-    return root, weights
 
 
 def train(setup, tmp_path, **kw):

@@ -425,7 +425,7 @@ def run(cfg: TrainConfig) -> dict:
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     stepper = Stepper(model, optimizer, scheduler, cfg, device, ctx.world)
 
-    history, start_epoch, seconds_before = [], 0, 0.0
+    history, start_epoch = [], 0
     if cfg.resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         for key, value in asdict(cfg).items():  # everything that decides the result must be as before
