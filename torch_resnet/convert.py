@@ -96,7 +96,7 @@ def convert_pickle(src, dst, shortcut_from_raw: bool = False):
     return arrays, mapping
 
 
-def load_state_dict(path, num_classes: int | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict(path) -> dict[str, torch.Tensor]:
     """Read a state dict written by this project (weights only: no code runs) and check it fits."""
     path = Path(path)
     if not path.is_file():
@@ -118,11 +118,8 @@ def load_state_dict(path, num_classes: int | None = None) -> dict[str, torch.Ten
             raise UserError(f"{path}: {key} holds non-finite values (NaN or inf)")
     if state["head.weight"].dim() != 2:
         raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
-    n = state["head.weight"].shape[0]
-    if num_classes is not None and n != num_classes:
-        raise UserError(f"{path}: head has {n} classes, expected {num_classes}")
     try:
-        ResidualNetwork(n).load_state_dict(state, strict=True)
+        ResidualNetwork(state["head.weight"].shape[0]).load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
     return state

@@ -13,6 +13,7 @@ takes its shard of every global batch, metrics are summed across ranks, rank 0 w
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -335,7 +336,7 @@ def step_memory_bytes(stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> int
     optimizer, schedule and loss scale are as before, so measuring does not change the run.
     """
     model, opt, sched = stepper.model, stepper.optimizer, stepper.scheduler
-    saved = ({k: v.clone() for k, v in model.state_dict().items()}, _clone_opt_state(opt), sched.state_dict(),
+    saved = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()), sched.state_dict(),
              stepper.scaler.state_dict())
     if x.device.type == "cuda":
         torch.cuda.synchronize()
@@ -365,12 +366,6 @@ def step_memory_bytes(stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> int
         stepper.scaler.load_state_dict(saved[3])
     opt.zero_grad(set_to_none=True)
     return int(result)
-
-
-def _clone_opt_state(opt):
-    state = opt.state_dict()
-    return {"state": {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in s.items()}
-                      for k, s in state["state"].items()}, "param_groups": [dict(g) for g in state["param_groups"]]}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
