@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import inspect
 import io
 import json
 import math
@@ -23,7 +24,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -140,7 +141,10 @@ class Stepper:
         if world > 1:  # gradients are averaged across ranks; frozen BN buffers need no broadcast
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            trained = DDP(trained, broadcast_buffers=False)
+            # newer torch renamed broadcast_buffers to forward_sync_buffers
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else "broadcast_buffers")
+            trained = DDP(trained, **{no_sync: False})
         if cfg.compile:
             backbone, trained = torch.compile(backbone), torch.compile(trained)
         self.backbone, self.trained = backbone, trained
@@ -270,7 +274,6 @@ class RunContext:
     device: torch.device
     rank: int = 0
     world: int = 1
-    log: list = field(default_factory=list)
 
     @property
     def main(self) -> bool:
@@ -383,6 +386,17 @@ EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 def run(cfg: TrainConfig) -> dict:
     """Train, validate each epoch, test at the end; write outputs into ``cfg.out``. Returns the metrics."""
     ctx = setup_distributed(cfg)
+    try:
+        metrics = train_and_test(cfg, ctx)
+        if ctx.world > 1:
+            dist.barrier()  # a rank that leaves while another still talks to it aborts (gloo)
+        return metrics
+    finally:
+        if ctx.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     validate(cfg, ctx.world)
     out = Path(cfg.out or f"runs/{cfg.regime}")
     ckpt_path = out / "checkpoint.pt"
