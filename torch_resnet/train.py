@@ -415,8 +415,12 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    if not ctx.main:
+        dist.barrier()  # rank 0 downloads the data set (if it must) before the others read it
     full_train = load_cifar(cfg.data_dir, CIFAR10, "train", cfg.download)
     test = load_cifar(cfg.data_dir, CIFAR10, "test", cfg.download)
+    if ctx.main and ctx.world > 1:
+        dist.barrier()
     train, val = split_train_val(full_train, cfg.val_size, cfg.seed)
     per_rank = cfg.batch_size // ctx.world
     shard = (ctx.rank, ctx.world)
