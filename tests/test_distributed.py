@@ -20,7 +20,7 @@ def finetune(setup, out, launcher):
 
 
 def test_two_ranks_match_one_process(setup, tmp_path):
-    out1, single, m1 = finetune(setup, tmp_path / "one", [sys.executable])
+    _, single, m1 = finetune(setup, tmp_path / "one", [sys.executable])
     out2, ddp, m2 = finetune(setup, tmp_path / "two",
                              [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])
     assert "device cpu x2" in out2 and out2.count("test accuracy") == 1  # one writer

@@ -111,7 +111,6 @@ def test_learns_learnable_classes(setup, tmp_path, augment):
 
 
 def test_two_stage_recipe_starts_full_regime_from_freeze_run(setup, freeze_run, tmp_path):
-    root, _ = setup
     stage1 = tmp_path / "stage1.pt"
     torch.save(freeze_run[2], stage1)
     metrics, _, after = train(setup, tmp_path, freeze=False, epochs=1, init_from=str(stage1))
