@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
+from torch_resnet.convert import atomic_write  # noqa: E402
 from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
 from torch_resnet.errors import UserError, cli  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
@@ -72,7 +73,7 @@ def ours(regime, data, args, device):
     ceiling_s = timed(device, lambda: [stepper.step(x, y) for _ in range(steps)])
     peak = peak_memory_bytes(device)
     step_mem = step_memory_bytes(stepper, x, y)
-    return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * args.batch_size / ceiling_s,
+    return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(y) / ceiling_s,
             "epoch_s": epoch_s, "peak_mem_bytes": peak, "step_mem_bytes": step_mem,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last}
@@ -199,6 +200,10 @@ def main(argv=None):
     device = pick_device(args.device)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.images is not None and not 1 <= args.images <= 1_000_000:
+        raise UserError(f"--images must be between 1 and 1,000,000, got {args.images}")
+    if args.json and Path(args.json).is_dir():  # found out now, not after the measurements
+        raise UserError(f"--json {args.json} is a folder")
     images = args.images or (50000 if device.type == "cuda" else 512)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir
@@ -226,7 +231,7 @@ def main(argv=None):
           f"{'; torch.compile' if args.compile else ''}")
     print(table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return 0
 
 

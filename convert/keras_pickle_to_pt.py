@@ -30,10 +30,8 @@ def main(argv=None):
         hint = (" Put the course's pickle there or pass its path" if args.weights == str(DEFAULT_PICKLE)
                 else "")
         raise UserError(f"Keras weights pickle {src} not found.{hint}")
-    out = Path(args.out) if args.out else (DEFAULT_STATE_DICT if args.weights == str(DEFAULT_PICKLE)
+    out = Path(args.out) if args.out is not None else (DEFAULT_STATE_DICT if args.weights == str(DEFAULT_PICKLE)
                                            else src.with_suffix(".pt"))
-    if out.resolve() == src.resolve():
-        raise UserError(f"output {out} is the input pickle; choose another path with -o")
     arrays, mapping = convert_pickle(src, out, args.shortcut_from_raw)
     print(format_report(arrays, mapping, args.verbose))
     print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}")

@@ -125,5 +125,32 @@ def test_never_overwrites_its_input(tmp_path, good):
     src.write_bytes(pickle.dumps(good))
     before = src.read_bytes()
     r = run_script(CONVERTER, src)
-    assert r.returncode == 2 and "is the input pickle" in r.stderr
+    assert r.returncode == 2 and "is the input" in r.stderr
     assert src.read_bytes() == before
+    names = tmp_path / "w.pt.keras_names.json"  # nor through the names file it writes next to the output
+    names.write_bytes(before)
+    r = run_script(CONVERTER, names, "-o", tmp_path / "w.pt")
+    assert r.returncode == 2 and "is the input" in r.stderr and names.read_bytes() == before
+
+
+def test_values_that_overflow_float32(tmp_path, good):
+    key = "sequential_3/conv2d_22/kernel"
+    bad = {k: v.astype(np.float64) for k, v in good.items()}
+    bad[key][0, 0, 0, 0] = 1e300  # finite in float64, inf in the float32 model
+    assert_refused(tmp_path, write_pickle(tmp_path, bad), key, "too large for float32")
+
+
+def test_negative_moving_variance(tmp_path, good):
+    key = next(k for k in good if k.endswith("moving_variance"))
+    value = good[key].copy()
+    value[5] = -0.5
+    assert_refused(tmp_path, write_pickle(tmp_path, {**good, key: value}), key, "negative")
+
+
+def test_failed_names_file_leaves_no_weights(tmp_path, good):
+    src = write_pickle(tmp_path, good)
+    out = tmp_path / "side.pt"
+    (tmp_path / "side.pt.keras_names.json").mkdir()  # the second file cannot be written
+    r = run_script(CONVERTER, src, "-o", out)
+    assert r.returncode == 2 and "side.pt.keras_names.json: it is a folder" in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))

@@ -121,6 +121,11 @@ def test_refuses_bad_weights(tmp_path, data_dir, weights, capsys):
                tmp_path / "w37.pt")
     assert_refused(capsys, tmp_path, ["37 classes", "no CIFAR dataset"], "--weights", tmp_path / "w37.pt",
                    "--data-dir", data_dir)
+    var = state["backbone.blocks.2.bn1.running_var"].clone()
+    var[0] = -1.0  # finite weights that give NaN: no report with a NaN loss is written
+    torch.save({**state, "backbone.blocks.2.bn1.running_var": var}, tmp_path / "negvar.pt")
+    assert_refused(capsys, tmp_path, ["non-finite logits"], "--weights", tmp_path / "negvar.pt",
+                   "--data-dir", data_dir)
 
 
 def test_refuses_class_count_mismatch(tmp_path, data_dir, weights, keras_fixtures, capsys):

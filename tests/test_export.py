@@ -158,3 +158,22 @@ def test_refuses_nan_weights_and_bad_sidecar(tmp_path, good_state, capsys):
     assert_refused(capsys, tmp_path, tmp_path / "s.pt", "not a Keras names file")
     rc, _, err = call_script(capsys, EXPORTER, tmp_path / "s.pt", "-o", tmp_path / "ok.pkl", "--keras3-names")
     assert rc == 0 and (tmp_path / "ok.pkl").is_file(), err
+
+
+def test_refuses_odd_tensors_and_keys(tmp_path, good_state, capsys):
+    torch.save({**good_state, 3: torch.zeros(1)}, tmp_path / "k.pt")
+    assert_refused(capsys, tmp_path, tmp_path / "k.pt", "key 3 is not a parameter name")
+    torch.save({**good_state, "head.bias": good_state["head.bias"].to_sparse()}, tmp_path / "sp.pt")
+    assert_refused(capsys, tmp_path, tmp_path / "sp.pt", "head.bias is not a dense tensor")
+    big = good_state["head.weight"].double()
+    big[0, 0] = 1e300  # finite in float64, inf as float32
+    torch.save({**good_state, "head.weight": big}, tmp_path / "big.pt")
+    assert_refused(capsys, tmp_path, tmp_path / "big.pt", "head.weight", "too large for float32")
+
+
+def test_never_writes_over_its_names_file(keras_fixtures, tmp_path, capsys):
+    pt = converted(keras_fixtures, "keras3", tmp_path)
+    names = names_sidecar(pt).read_bytes()
+    rc, _, err = call_script(capsys, EXPORTER, pt, "-o", names_sidecar(pt))
+    assert_one_line_error(rc, err, "is the input state dict or its names file")
+    assert names_sidecar(pt).read_bytes() == names

@@ -155,8 +155,12 @@ def test_resume_after_kill_gives_the_same_weights(setup, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--weights", "/nonexistent.pt"], "not found"),
     (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "-1"], "--lr must be a number in (0, 1]"),
+    (["--lr", "nan"], "--lr must be a number in (0, 1]"),
+    (["--lr", "1e300"], "--lr must be a number in (0, 1]"),
+    (["--seed", "1000000000000000"], "--seed must be between"),
+    (["--device", "meta"], "only cpu and cuda"),
+    (["--out", ""], "--out must name a folder"),
     (["--val-size", "100000"], "--val-size"),
     (["--device", "cuda:0"], "CUDA is not available"),
     (["--device", "banana"], "not a device"),
@@ -194,6 +198,33 @@ def test_wrong_weights(setup, tmp_path):
     r = run_script("train/finetune.py", "--init-from", ten, "--weights", weights, "--data-dir", tmp_path / "none",
                    "--no-download", "--out", tmp_path / "o")
     assert r.returncode == 2 and "cifar10 not found" in r.stderr  # 10-class --init-from accepted, data missing
+    r = run_script("train/finetune.py", "--init-from", weights, "--weights", weights, "--data-dir", root / "data",
+                   "--no-download", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "a 100-class model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_earlier_run_is_never_replaced_without_asking(setup, tmp_path):
+    out = tmp_path / "o"
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (out / "checkpoint.pt").unlink()  # a finished run whose checkpoint was cleaned up
+    model = (out / "model.pt").read_bytes()
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze"), capture_output=True, text=True)
+    assert r.returncode == 2 and "already holds a run (model.pt)" in r.stderr, r.stderr
+    assert (out / "model.pt").read_bytes() == model
+
+
+@pytest.mark.parametrize("checkpoint", [
+    lambda model: b"not a checkpoint",
+    lambda model: model,  # a model.pt where the checkpoint should be
+])
+def test_resume_from_a_bad_checkpoint(setup, tmp_path, checkpoint):
+    out = tmp_path / "o"
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (out / "checkpoint.pt").write_bytes(checkpoint((out / "model.pt").read_bytes()))
+    r = subprocess.run(finetune_cli(setup, out, "--epochs", "1", "--freeze", "--resume"), capture_output=True, text=True)
+    assert r.returncode == 2 and "is not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def corrupt_copy(setup, tmp_path, damage):
@@ -229,12 +260,21 @@ def test_wrong_structure_in_batch(setup, tmp_path):
         batch[b"labels"][0] = 10
         (d / "data_batch_4").write_bytes(pickle.dumps(batch, protocol=2))
 
+    def labels(d, value):
+        batch = pickle.loads((d / "data_batch_1").read_bytes(), encoding="bytes")
+        batch[b"labels"] = value
+        (d / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+
     data = corrupt_copy(setup, tmp_path, damage)
     r = run_script("train/finetune.py", "--weights", setup[1], "--data-dir", data, "--no-download")
     assert r.returncode == 2 and "data_batch_2: 'data' must be uint8" in r.stderr
     (data / CIFAR10.folder / "data_batch_2").write_bytes((setup[0] / "data" / CIFAR10.folder / "data_batch_2").read_bytes())
     r = run_script("train/finetune.py", "--weights", setup[1], "--data-dir", data, "--no-download")
     assert r.returncode == 2 and "data_batch_4: label 10 outside 0..9" in r.stderr
+    for value in (7, None, [1, [2, 3]]):  # not one integer per image
+        labels(data / CIFAR10.folder, value)
+        r = run_script("train/finetune.py", "--weights", setup[1], "--data-dir", data, "--no-download")
+        assert r.returncode == 2 and "data_batch_1: 'labels' must be" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_non_finite_loss_stops_and_keeps_earlier_run(setup, tmp_path):

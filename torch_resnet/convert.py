@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,13 @@ def names_sidecar(pt_path) -> Path:
 def atomic_write(path, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename: no half-written file after a crash either
             os.fsync(f.fileno())
@@ -39,21 +43,33 @@ def atomic_write(path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the user's path, not the temporary file
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
-def check_array(key: str, array: np.ndarray) -> None:
+def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` as a contiguous ``dtype`` array; refuses non-float values and non-finite ones,
+    also those that only the cast makes infinite (1e300 in float64 is inf in float32)."""
     if not np.issubdtype(array.dtype, np.floating):
         raise UserError(f"tensor {key!r} has dtype {array.dtype}, expected floating point")
     if not np.all(np.isfinite(array)):
         raise UserError(f"tensor {key!r} holds non-finite values (NaN or inf)")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(array, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        raise UserError(f"tensor {key!r} holds values too large for {np.dtype(dtype)}")
+    return out
 
 
 def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False):
     """Map and check a dict of Keras-named arrays; returns (state dict, Mapping)."""
     mapping = map_keras_names(arrays)
+    if mapping.num_classes < 1:
+        raise UserError("the Dense layer has no outputs (0 classes)")
     expected = ResidualNetwork(mapping.num_classes, shortcut_from_raw).state_dict()
     state = {}
     for key, tkey in mapping.pairs:  # shapes first: a huge tensor is refused before it is scanned
@@ -62,9 +78,10 @@ def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool =
             raise UserError(f"tensor {key!r} has shape {arrays[key].shape}, which does not fit {tkey} "
                             f"(PyTorch shape {tuple(expected[tkey].shape)})")
     for key, tkey in mapping.pairs:
-        check_array(key, arrays[key])
-        value = keras_to_torch_layout(keras_variable_of(tkey), arrays[key])
-        state[tkey] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        value = checked_cast(key, keras_to_torch_layout(keras_variable_of(tkey), arrays[key]), np.float32)
+        if tkey.endswith("running_var") and (value < 0).any():
+            raise UserError(f"tensor {key!r} is a BatchNorm moving variance with negative values")
+        state[tkey] = torch.from_numpy(value)
     for tkey, value in expected.items():
         if tkey.endswith("num_batches_tracked"):  # PyTorch-only counter, unused with momentum set
             state[tkey] = torch.zeros_like(value)
@@ -86,13 +103,19 @@ def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
 
 def convert_pickle(src, dst, shortcut_from_raw: bool = False):
     """Convert the Keras pickle ``src`` into a state dict at ``dst`` (and its names sidecar)."""
+    if Path(src).resolve() in (Path(dst).resolve(), names_sidecar(dst).resolve()):
+        raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
     arrays = load_array_dict(src)
     state, mapping = keras_to_state_dict(arrays, shortcut_from_raw)
     ResidualNetwork(mapping.num_classes, shortcut_from_raw).load_state_dict(state, strict=True)
     sidecar = {"source": str(src), "num_classes": mapping.num_classes,
                "tensors": [[k, t, str(arrays[k].dtype)] for k, t in mapping.pairs]}
-    atomic_write(dst, lambda tmp: torch.save(state, tmp))
-    atomic_write(names_sidecar(dst), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=1)))
+
+    def write(tmp):  # the names file first, inside the weights' write: a failure leaves neither
+        torch.save(state, tmp)
+        atomic_write(names_sidecar(dst), lambda tmp2: Path(tmp2).write_text(json.dumps(sidecar, indent=1)))
+
+    atomic_write(dst, write)
     return arrays, mapping
 
 
@@ -102,21 +125,28 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the verdict below is the one line the user needs
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
+        raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or "head.weight" not in state:
         raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise UserError(f"{path}: key {key!r} is not a parameter name")
         if not torch.is_tensor(value):
             raise UserError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        if value.is_meta or value.layout != torch.strided:
+            raise UserError(f"{path}: {key} is not a dense tensor with values ({value.layout}, {value.device})")
         if key.endswith("num_batches_tracked"):
             continue
         if not value.is_floating_point():
             raise UserError(f"{path}: {key} has dtype {value.dtype}, expected floating point")
-        if not torch.isfinite(value).all():
-            raise UserError(f"{path}: {key} holds non-finite values (NaN or inf)")
-    if state["head.weight"].dim() != 2:
+        if not torch.isfinite(value.float()).all():  # the model is float32: 1e300 in float64 would be inf
+            raise UserError(f"{path}: {key} holds non-finite values (NaN or inf) or values too large for float32")
+    if state["head.weight"].dim() != 2 or state["head.weight"].shape[0] < 1:
         raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
     try:
         ResidualNetwork(state["head.weight"].shape[0]).load_state_dict(state, strict=True)
@@ -160,8 +190,7 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
         value = state[tkey].detach().cpu()
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
-        check_array(tkey, value.numpy())
-        out[key] = np.ascontiguousarray(torch_to_keras_layout(keras_variable_of(tkey), value.numpy())).astype(dtype)
+        out[key] = checked_cast(tkey, torch_to_keras_layout(keras_variable_of(tkey), value.numpy()), dtype)
     return out
 
 
@@ -169,8 +198,8 @@ def export_keras_pickle(src, dst, use_source_names: bool = True):
     """Write the state dict ``src`` as a pickle of Keras-named arrays at ``dst``, in the names of
     the pickle it came from when its sidecar is there (and wanted), else in fresh Keras 3 names.
     Returns (arrays, the sidecar used or None)."""
-    if Path(dst).resolve() == Path(src).resolve():
-        raise UserError(f"output {dst} is the input state dict; choose another path")
+    if Path(dst).resolve() in (Path(src).resolve(), names_sidecar(src).resolve()):
+        raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
     state = load_state_dict(src)
     names = source_names(src, state) if use_source_names else None
     arrays = state_dict_to_keras(state, names)

@@ -47,12 +47,17 @@ def _read_batch(path: Path, fmt: CifarFormat):
     for key in (b"data", fmt.label_key):
         if key not in batch:
             raise UserError(f"{path}: not a {fmt.name} batch: no {key.decode()!r} entry")
-    data, labels = batch[b"data"], np.asarray(batch[fmt.label_key])
+    data = batch[b"data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise UserError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {desc}")
+    try:
+        labels = np.asarray(batch[fmt.label_key])
+    except ValueError:  # a ragged list
+        labels = np.asarray(None)
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images, or labels not integers")
+        raise UserError(f"{path}: {fmt.label_key.decode()!r} must be {len(data)} integers, one per image, "
+                        f"got {labels.dtype} of shape {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
         raise UserError(f"{path}: label {int(labels.max() if labels.max() >= fmt.num_classes else labels.min())} "
                         f"outside 0..{fmt.num_classes - 1}")

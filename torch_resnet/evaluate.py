@@ -98,6 +98,9 @@ def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, bat
     model = ResidualNetwork(num_classes, shortcut_from_raw)
     model.load_state_dict(state, strict=True)
     logits = predict(model, split, batch_size, dev)
+    if not torch.isfinite(logits).all():
+        raise UserError(f"{weights}: the network gives non-finite logits (broken weights, e.g. a negative "
+                        f"BatchNorm variance)")
     scores, confusion = metrics(logits, split.labels, split.class_names)
     report = {"weights": str(weights), "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": num_classes,
               "n_images": len(split.labels), **scores}

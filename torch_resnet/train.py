@@ -101,7 +101,10 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, state: dict | None = 
     state = state if state is not None else load_state_dict(source)
     model = ResidualNetwork(state["head.weight"].shape[0])
     model.load_state_dict(state, strict=True)
-    if cfg.init_from is None or model.num_classes != num_classes:
+    if cfg.init_from is not None and model.num_classes != num_classes:
+        raise UserError(f"--init-from {source}: a {model.num_classes}-class model; it takes a --freeze run's "
+                        f"model.pt ({num_classes} classes); the converted network goes in --weights")
+    if cfg.init_from is None:
         torch.manual_seed(cfg.seed)
         model.head = nn.Linear(FEATURES, num_classes)
     freeze_batchnorm(model.backbone)
@@ -291,6 +294,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here (use --device cpu)")
     return device
@@ -298,10 +303,13 @@ def pick_device(name: str) -> torch.device:
 
 def setup_distributed(cfg: TrainConfig) -> RunContext:
     """Single process, or one rank of a torchrun launch (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return RunContext(pick_device(cfg.device))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return RunContext(pick_device(cfg.device))
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        raise UserError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers set together (use torchrun)") from None
     use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
     device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -317,14 +325,18 @@ def validate(cfg: TrainConfig, world: int) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     for name in ("lr", "head_lr"):
         v = getattr(cfg, name)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+        if v is not None and not 0 < v <= 1:  # also refuses NaN; above 1 AdamW only diverges
+            raise UserError(f"--{name.replace('_', '-')} must be a number in (0, 1], got {v}")
+    if not 0 <= cfg.seed < 2**32:
+        raise UserError(f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}")
     if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise UserError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise UserError(f"--amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
     if cfg.freeze and cfg.init_from:
         raise UserError("--init-from starts the full regime from a --freeze run; it cannot be used with --freeze")
+    if cfg.out == "":
+        raise UserError("--out must name a folder")
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the {world} processes")
 
@@ -396,15 +408,36 @@ def run(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
+def load_checkpoint(path: Path, cfg: TrainConfig, stepper: Stepper) -> tuple[list, int]:
+    """Restore model, optimizer, schedule and loss scale from ``path``; returns (history, next epoch)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        for key, value in asdict(cfg).items():  # everything that decides the result must be as before
+            if key not in RESUME_MAY_CHANGE and ckpt["config"].get(key) != value:
+                raise UserError(f"--resume: the run in {path.parent} used {key}={ckpt['config'].get(key)}, "
+                                f"not {value}")
+        stepper.model.load_state_dict(ckpt["model"])
+        stepper.optimizer.load_state_dict(ckpt["optimizer"])
+        stepper.scheduler.load_state_dict(ckpt["scheduler"])
+        stepper.scaler.load_state_dict(ckpt["scaler"])
+        return list(ckpt["history"]), int(ckpt["epoch"]) + 1
+    except UserError:
+        raise
+    except Exception as e:  # truncated, not a checkpoint, or one of another model: all mean the same
+        raise UserError(f"--resume: {path} is not a readable checkpoint of this trainer "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+
+
 def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     validate(cfg, ctx.world)
     out = Path(cfg.out or f"runs/{cfg.regime}")
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    if ckpt_path.exists() and not (cfg.resume or cfg.overwrite):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
-                        f"again, or another --out")
+    earlier = [n for n in ("checkpoint.pt", "model.pt", "metrics.json") if (out / n).exists()]
+    if earlier and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{out} already holds a run ({earlier[0]}); pass --resume to continue it, --overwrite "
+                        f"to start again, or another --out")
     if cfg.resume and not ckpt_path.exists():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
 
@@ -440,15 +473,7 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
 
     history, start_epoch = [], 0
     if cfg.resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        for key, value in asdict(cfg).items():  # everything that decides the result must be as before
-            if key not in RESUME_MAY_CHANGE and ckpt["config"].get(key) != value:
-                raise UserError(f"--resume: the run in {out} used {key}={ckpt['config'].get(key)}, not {value}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        stepper.scaler.load_state_dict(ckpt["scaler"])
-        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        history, start_epoch = load_checkpoint(ckpt_path, cfg, stepper)
         ctx.print(f"resuming {out} after epoch {start_epoch}")
 
     x0, y0 = next(train_batches.epoch(0))
