@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.convert import atomic_write  # noqa: E402
 from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
-from torch_resnet.errors import UserError, cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
 from torch_resnet.train import (Progress, Stepper, TrainConfig, optimizer_for, peak_memory_bytes,  # noqa: E402
                                 pick_device, prepare_model, step_memory_bytes, train_one_epoch)
@@ -181,7 +181,7 @@ def table(results) -> str:
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--images", type=int, default=None, help="images per epoch (default: 512 on CPU, 50000 on CUDA)")

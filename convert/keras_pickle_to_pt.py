@@ -6,18 +6,17 @@
 Defaults: weights/resnet_cifar100.pkl -> weights/resnet_cifar100.pt. Also writes
 OUT.pt.keras_names.json (the Keras names, for convert/pt_to_keras_pickle.py).
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.convert import DEFAULT_PICKLE, DEFAULT_STATE_DICT, convert_pickle, format_report  # noqa: E402
-from torch_resnet.errors import UserError, cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights", nargs="?", default=str(DEFAULT_PICKLE), help=f"Keras pickle (default {DEFAULT_PICKLE})")
     p.add_argument("-o", "--out", default=None, help=f"output state dict (default {DEFAULT_STATE_DICT}, "
                                                      "or the input's name with .pt)")

@@ -8,18 +8,17 @@ convert/keras_pickle_to_pt.py, copied by the trainer) is there, else the Keras 3
 torch_resnet.keras_model.build(num_classes) in a fresh session ("sequential/conv2d/kernel", ...).
 Layouts: conv OIHW -> HWIO, Linear (out, in) -> Dense (in, out), BN running stats -> moving_*.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.convert import export_keras_pickle  # noqa: E402
-from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights", help="PyTorch state dict (.pt) of ResidualNetwork, any head width")
     p.add_argument("-o", "--out", required=True, help="output pickle")
     p.add_argument("--keras3-names", action="store_true",

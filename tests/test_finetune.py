@@ -179,6 +179,7 @@ def test_bad_options(setup, tmp_path, args, needle):
 def test_argparse_nonsense_is_one_line_exit_2(tmp_path):
     r = run_script("train/finetune.py", "--epochs", "many")
     assert r.returncode == 2 and "invalid int value" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_wrong_weights(setup, tmp_path):

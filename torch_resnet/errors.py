@@ -1,12 +1,20 @@
 """One exception type for every problem a user can fix; scripts turn it into a one-line error."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
 
 class UserError(Exception):
     """Bad input or options: reported as one line, exit status 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose complaints are UserErrors: one line (not the usage block), exit 2 via @cli."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def cli(main):

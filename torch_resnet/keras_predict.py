@@ -12,7 +12,6 @@ the torch side calls ``keras_logits``, which runs this module with ``python -m``
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .safe_pickle import load_array_dict
 
 
@@ -47,7 +46,7 @@ def keras_logits(arrays: dict[str, np.ndarray], images: np.ndarray, shortcut_fro
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights")
     p.add_argument("images")
     p.add_argument("out")

@@ -8,7 +8,6 @@ and otherwise stand-ins made on the spot, in the same formats, under demo/:
   a Keras-named pickle of the reference network (PyTorch init, BN statistics measured on the data)
   a small learnable data set written as CIFAR-10 python batches.
 """
-import argparse
 import pickle
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch  # noqa: E402
 from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.convert import DEFAULT_PICKLE, DEFAULT_STATE_DICT, atomic_write, convert_pickle, state_dict_to_keras  # noqa: E402
 from torch_resnet.data import CIFAR10, load_cifar, to_model_input  # noqa: E402
-from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
 from torch_resnet.train import TrainConfig, run  # noqa: E402
 
@@ -42,7 +41,7 @@ def stand_in_pickle(data_dir: Path, path: Path) -> None:
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs-freeze", type=int, default=3)
     p.add_argument("--epochs-full", type=int, default=2)
     args = p.parse_args(argv)

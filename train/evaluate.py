@@ -8,20 +8,19 @@ Prints top-1, top-5, mean cross-entropy and the worst classes. With --out: DIR/e
 figures, per-class accuracy) and DIR/confusion.png. With --keras: the Keras model itself is run
 on the same images with that pickle (TensorFlow, in a child process) and compared.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.convert import DEFAULT_STATE_DICT  # noqa: E402
 from torch_resnet.data import FORMATS  # noqa: E402
-from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet.evaluate import evaluate, format_summary  # noqa: E402
 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(DEFAULT_STATE_DICT),
                    help=f"state dict (.pt) from the converter or the trainer (default {DEFAULT_STATE_DICT})")
     p.add_argument("--dataset", choices=sorted(FORMATS), default=None,

@@ -7,18 +7,17 @@
 Outputs in --out (default runs/freeze or runs/full): model.pt, metrics.json, metrics.csv,
 curves.png, checkpoint.pt (after every epoch; --resume continues from it).
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from torch_resnet.errors import cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet.train import DEFAULT_LR, HEAD_LR, TrainConfig, run  # noqa: E402
 
 
 def parse_args(argv=None) -> TrainConfig:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--freeze", action="store_true", help="train only the new head (frozen backbone)")
     p.add_argument("--weights", default=d.weights, help=f"converted state dict (default {d.weights}, "
                                                          "written by convert/keras_pickle_to_pt.py)")
