@@ -2,6 +2,7 @@
 and batches augmented on whatever device holds them (no per-image Python work)."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def find_or_download(data_dir, fmt: CifarFormat, download: bool = True) -> Path:
         return root
     error = "no network download was allowed"
     if download:
+        # What a failed download leaves behind is removed: the folder if it made it, else the
+        # archive and a half-extracted folder.
+        made = [p for p in (Path(data_dir), *Path(data_dir).parents) if not p.exists()]
+        archive = Path(data_dir) / fmt.url.rsplit("/", 1)[-1]
+        had_archive = archive.exists()
         try:
             import torchvision
 
@@ -79,6 +85,12 @@ def find_or_download(data_dir, fmt: CifarFormat, download: bool = True) -> Path:
             return root
         except Exception as e:  # offline, DNS, checksum: all mean the user must fetch it by hand
             error = f"download failed: {' '.join(str(e).split())[:120]}"
+            if made:
+                shutil.rmtree(made[-1], ignore_errors=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+                if not had_archive:
+                    archive.unlink(missing_ok=True)
     raise UserError(f"{fmt.name} not found at {root} ({error}); download {fmt.url} and extract it "
                     f"into {Path(data_dir)} so that {root} holds {', '.join(fmt.train_files[:1])} ... {fmt.test_file}")
 

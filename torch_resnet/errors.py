@@ -10,8 +10,29 @@ class UserError(Exception):
     """Bad input or options: reported as one line, exit status 2, no traceback."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, minus the noise: no "(default: None)" or "(default: False)"
+    on flags, and nothing added where the help already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, True, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose complaints are UserErrors: one line (not the usage block), exit 2 via @cli."""
+    """argparse whose complaints are UserErrors: one line (not the usage block), exit 2 via @cli;
+    ``--help`` shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and kwargs.get("default") not in (None, False, True):  # argparse shows
+            kwargs["help"] = "default: %(default)s"  # no default for an option without help
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -29,8 +50,8 @@ def cli(main):
         except OSError as e:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:  # a KeyboardInterrupt("...") says how to go on
+            print(f"error: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
             return 130
         return 2
 

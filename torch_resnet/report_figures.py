@@ -1,0 +1,83 @@
+"""The report's figures (``torch_resnet.report``), drawn with matplotlib's Figure: no pyplot, no
+display, no backend switch. Each takes the list of runs (``report.Run``) and returns a Figure."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+
+def curves_figure(runs) -> Figure:
+    """Validation accuracy and loss of every run over its epochs, on shared axes."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2, sharex=True)
+    for r in runs:
+        rows = r.metrics["epochs"]
+        epochs = [row["epoch"] for row in rows]
+        acc_ax.plot(epochs, [row["val_acc"] for row in rows], "o-", label=r.label)
+        loss_ax.plot(epochs, [row["val_loss"] for row in rows], "o-", label=r.label)
+    for ax, what in ((acc_ax, "validation accuracy"), (loss_ax, "validation loss (cross-entropy)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.set_title(what.capitalize() + " per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    return fig
+
+
+def per_class_figure(runs) -> Figure:
+    """Test accuracy per class, one bar per run in each class's group, class names on the axis."""
+    names = runs[0].metrics["class_names"]
+    n = len(names)
+    width = 0.8 / len(runs)
+    fig = Figure(figsize=(max(10, 0.35 * n * max(len(runs), 2) / 2 + 2), 5), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(n)
+    for i, r in enumerate(runs):
+        acc = [r.metrics["test_per_class"][c] for c in names]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, [a if a is not None else 0 for a in acc], width,
+               label=f"{r.label} (top-1 {r.metrics['test_accuracy']:.1%})")
+    ax.set_xticks(x, names, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+                  fontsize=10 if n <= 20 else 6)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("class")
+    ax.set_ylabel("test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Test accuracy per class")
+    fig.legend(loc="outside lower center", ncols=min(len(runs), 4), frameon=False)
+    return fig
+
+
+def confusion_figure(runs) -> Figure:
+    """One row-normalised test confusion matrix per run, on one colour scale, classes named."""
+    names = runs[0].metrics["class_names"]
+    n, cols = len(names), min(len(runs), 2)
+    rows = math.ceil(len(runs) / cols)
+    side = 6 if n <= 20 else 12
+    fig = Figure(figsize=(side * cols + 1.5, side * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    font = 9 if n <= 20 else 4
+    for ax, r in zip(axes, runs):
+        counts = np.asarray(r.metrics["test_confusion"], dtype=float)
+        fraction = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        if n <= 20:  # the share in each cell, legible at this size
+            for (i, j), v in np.ndenumerate(fraction):
+                if v >= 0.005:
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+        ax.set_yticks(range(n), names, fontsize=font)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{r.label}: top-1 {r.metrics['test_accuracy']:.1%}")
+    for ax in axes[len(runs):]:
+        ax.set_visible(False)
+    fig.colorbar(im, ax=axes[:len(runs)].tolist(), shrink=0.8, label="fraction of the true class (cells in %)")
+    return fig
