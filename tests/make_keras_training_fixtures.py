@@ -61,7 +61,8 @@ def train(model, start, regime, images, labels, lr, snapshots):
     out = {"trainable": [v.path for v in variables], "losses": [], "steps": []}
     for k in range(len(images)):
         x = scale(images[k])
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:  # no backward through frozen layers
+            tape.watch(variables)
             loss = loss_fn(labels[k], model(x, training=True))
         grads = tape.gradient(loss, variables)
         if k == 0:
