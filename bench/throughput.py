@@ -12,7 +12,7 @@ For each regime (freeze, full), our loop and the baseline each in a fresh proces
             PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
             Normalize), fp32, contiguous NCHW, loss.item() every step;
   peak memory: CUDA max allocated, or peak RSS of the process on CPU, for ours and the
-            baseline, plus the step-memory accounting of torch_resnet.train.step_memory_bytes.
+            baseline, plus the step-memory accounting of torch_resnet.memory.step_memory_bytes.
 Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images
 written in that format to a temporary folder.
 """
@@ -31,12 +31,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
-from torch_resnet.convert import atomic_write  # noqa: E402
+from torch_resnet.config import TrainConfig  # noqa: E402
 from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
+from torch_resnet.distributed import pick_device  # noqa: E402
 from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
+from torch_resnet.files import atomic_write  # noqa: E402
+from torch_resnet.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
+from torch_resnet.regimes import optimizer_for, prepare_model  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
-from torch_resnet.train import (Progress, Stepper, TrainConfig, optimizer_for, peak_memory_bytes,  # noqa: E402
-                                pick_device, prepare_model, step_memory_bytes, train_one_epoch)
+from torch_resnet.train import Stepper, train_one_epoch  # noqa: E402
 
 REGIMES = ("freeze", "full")
 
@@ -58,15 +61,14 @@ def ours(regime, data, args, device):
     cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
     channels_last = device.type == "cuda"
     torch.manual_seed(0)
-    model = prepare_model(cfg, state=ResidualNetwork(100).state_dict()).to(device)
+    model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg)
     stepper = Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device)
     batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=channels_last)
-    no_bar = Progress(0, "", enabled=False)
-    train_one_epoch(stepper, batches, 0, no_bar, 10**9)  # warm-up: cuDNN autotuning, torch.compile
-    epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, no_bar, cfg.log_every))
+    train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False)  # warm-up: cuDNN autotuning, torch.compile
+    epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, log_every=cfg.log_every, progress=False))
     x, y = next(batches.epoch(2))
     x, y = x.clone(), y.clone()
     steps = len(batches)

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from torch_resnet.convert import DEFAULT_PICKLE, DEFAULT_STATE_DICT, convert_pickle, format_report  # noqa: E402
+from torch_resnet.convert import convert_pickle, format_report  # noqa: E402
 from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
+from torch_resnet.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT  # noqa: E402
 
 
 @cli

@@ -12,7 +12,8 @@ import torch
 
 from conftest import FIGURES, ROOT, run_script
 from torch_resnet import ResidualNetwork
-from torch_resnet.convert import convert_pickle, names_sidecar
+from torch_resnet.convert import convert_pickle
+from torch_resnet.files import names_sidecar
 from torch_resnet.keras_map import default_keras_names
 from test_parity import SCHEMES
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import FIGURES, ROOT, run_script
+from torch_resnet import train as trainer
+from torch_resnet.config import TrainConfig
 from torch_resnet.data import CIFAR10
-from torch_resnet.train import TrainConfig, run
+from torch_resnet.files import load_model
 
 SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, download=False)
 
@@ -18,7 +20,7 @@ SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, download=False)
 def train(setup, tmp_path, **kw):
     root, weights = setup
     cfg = TrainConfig(weights=str(weights), data_dir=str(root / "data"), out=str(tmp_path / "run"), **{**SMALL, **kw})
-    metrics = run(cfg)
+    metrics = trainer.main(cfg)
     return metrics, torch.load(weights, weights_only=True), torch.load(tmp_path / "run" / "model.pt", weights_only=True)
 
 
@@ -318,9 +320,11 @@ def test_weights_with_bad_values(setup, tmp_path, poison, needle):
 
 
 def test_step_memory_measurement_leaves_no_trace(setup):
-    from torch_resnet.train import Stepper, optimizer_for, prepare_model, step_memory_bytes
+    from torch_resnet.memory import step_memory_bytes
+    from torch_resnet.regimes import optimizer_for, prepare_model
+    from torch_resnet.train import Stepper
     cfg = TrainConfig(freeze=False)
-    model = prepare_model(cfg, state=torch.load(setup[1], weights_only=True))
+    model = prepare_model(cfg, pretrained=load_model(setup[1]))
     opt = optimizer_for(model, cfg)
     stepper = Stepper(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.9 ** s), cfg, torch.device("cpu"))
     stepper.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)  # as with --amp fp16

@@ -2,54 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .files import atomic_write, load_model, names_sidecar
 from .keras_map import (Mapping, default_keras_names, keras_to_torch_layout, keras_variable_of,
                         map_keras_names, torch_to_keras_layout)
 from .model import ResidualNetwork
 from .safe_pickle import load_array_dict
-
-DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
-DEFAULT_STATE_DICT = Path("weights/resnet_cifar100.pt")
-
-
-def names_sidecar(pt_path) -> Path:
-    """Where the Keras names of a converted state dict are kept, for the way back to Keras."""
-    return Path(str(pt_path) + ".keras_names.json")
-
-
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a folder")
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb+") as f:  # on disk before the rename: no half-written file after a crash either
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # name the user's path, not the temporary file
-            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-
 
 def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
     """``array`` as a contiguous ``dtype`` array; refuses non-float values and non-finite ones,
@@ -119,42 +83,6 @@ def convert_pickle(src, dst, shortcut_from_raw: bool = False):
     return arrays, mapping
 
 
-def load_state_dict(path) -> dict[str, torch.Tensor]:
-    """Read a state dict written by this project (weights only: no code runs) and check it fits."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} not found")
-    try:
-        with warnings.catch_warnings():  # the verdict below is the one line the user needs
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
-        raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {first})") from None
-    if not isinstance(state, dict) or "head.weight" not in state:
-        raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
-    for key, value in state.items():
-        if not isinstance(key, str):
-            raise UserError(f"{path}: key {key!r} is not a parameter name")
-        if not torch.is_tensor(value):
-            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
-        if value.is_meta or value.layout != torch.strided:
-            raise UserError(f"{path}: {key} is not a dense tensor with values ({value.layout}, {value.device})")
-        if key.endswith("num_batches_tracked"):
-            continue
-        if not value.is_floating_point():
-            raise UserError(f"{path}: {key} has dtype {value.dtype}, expected floating point")
-        if not torch.isfinite(value.float()).all():  # the model is float32: 1e300 in float64 would be inf
-            raise UserError(f"{path}: {key} holds non-finite values (NaN or inf) or values too large for float32")
-    if state["head.weight"].dim() != 2 or state["head.weight"].shape[0] < 1:
-        raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
-    try:
-        ResidualNetwork(state["head.weight"].shape[0]).load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
-    return state
-
-
 def source_names(pt_path, state) -> list[tuple[str, str, str]] | None:
     """The (Keras name, torch key, dtype) triples of the pickle the weights at ``pt_path`` came
     from, read from its names sidecar and checked against ``state``; None without a sidecar."""
@@ -200,7 +128,7 @@ def export_keras_pickle(src, dst, use_source_names: bool = True):
     Returns (arrays, the sidecar used or None)."""
     if Path(dst).resolve() in (Path(src).resolve(), names_sidecar(src).resolve()):
         raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
-    state = load_state_dict(src)
+    state = load_model(src).state_dict()
     names = source_names(src, state) if use_source_names else None
     arrays = state_dict_to_keras(state, names)
     atomic_write(dst, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))

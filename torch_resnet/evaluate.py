@@ -3,19 +3,20 @@ loss, per-class accuracy, a confusion matrix, and optionally agreement with Kera
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .convert import atomic_write, keras_to_state_dict, load_state_dict, state_dict_to_keras
+from .convert import keras_to_state_dict, state_dict_to_keras
 from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
+from .distributed import pick_device
 from .errors import UserError
+from .files import load_model
 from .model import ResidualNetwork
+from .outputs import confusion_figure, write_json, write_png
 from .safe_pickle import load_array_dict
-from .train import pick_device
 
 
 def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
@@ -57,26 +58,7 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) 
     }, confusion.numpy()
 
 
-def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
-    """Rows normalised to the fraction of each true class; every class named on both axes."""
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg, no display needed
-
-    c = len(class_names)
-    fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    size, font = (7, 8) if c <= 20 else (16, 5)  # 100 names fit at 5 pt on a 16-inch figure
-    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
-    ax.set_xticks(range(c), class_names, rotation=90, fontsize=font)
-    ax.set_yticks(range(c), class_names, fontsize=font)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    return fig
-
-
-def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, batch_size: int = 256,
+def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, batch_size: int = 256,
              device: str | None = None, keras_pickle=None, shortcut_from_raw: bool = False,
              download: bool = True) -> dict:
     """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
@@ -84,8 +66,8 @@ def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, bat
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     dev = pick_device(device or "auto")
-    state = load_state_dict(weights)
-    num_classes = state["head.weight"].shape[0]
+    model = load_model(weights, shortcut_from_raw)
+    num_classes = model.num_classes
     fmt = pick_dataset(num_classes, dataset, weights)
     split = load_cifar(data_dir, fmt, "test", download)
     if keras_pickle is not None:  # every input is checked before the long work starts
@@ -95,8 +77,6 @@ def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, bat
         if mapping.num_classes != num_classes:
             raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
 
-    model = ResidualNetwork(num_classes, shortcut_from_raw)
-    model.load_state_dict(state, strict=True)
     logits = predict(model, split, batch_size, dev)
     if not torch.isfinite(logits).all():
         raise UserError(f"{weights}: the network gives non-finite logits (broken weights, e.g. a negative "
@@ -119,9 +99,8 @@ def evaluate(weights, dataset: str | None = None, data_dir="data", out=None, bat
         out = Path(out)
         title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}\n"
                  f"{Path(weights).name}")
-        fig = confusion_figure(confusion, split.class_names, title)
-        atomic_write(out / "confusion.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-        atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+        write_png(out / "confusion.png", confusion_figure(confusion, split.class_names, title), dpi=120)
+        write_json(out / "eval.json", report, indent=1)
     return report
 
 

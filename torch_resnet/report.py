@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert import atomic_write
+from .files import atomic_write
 from .errors import UserError
 from .report_figures import confusion_figure, curves_figure, per_class_figure
 

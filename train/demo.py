@@ -15,12 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from torch_resnet import ResidualNetwork  # noqa: E402
-from torch_resnet.convert import DEFAULT_PICKLE, DEFAULT_STATE_DICT, atomic_write, convert_pickle, state_dict_to_keras  # noqa: E402
+from torch_resnet import ResidualNetwork, train  # noqa: E402
+from torch_resnet.config import TrainConfig  # noqa: E402
+from torch_resnet.convert import convert_pickle, state_dict_to_keras  # noqa: E402
 from torch_resnet.data import CIFAR10, load_cifar, to_model_input  # noqa: E402
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
+from torch_resnet.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT, atomic_write  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
-from torch_resnet.train import TrainConfig, run  # noqa: E402
 
 DEMO = Path("demo")
 
@@ -68,11 +69,11 @@ def main(argv=None):
     common = dict(weights=str(weights), data_dir=str(data_dir), val_size=val, overwrite=True, download=False,
                   batch_size=100 if not real_data else 256)
     print("\n[1/2] frozen backbone, new head (python train/finetune.py --freeze)")
-    frozen = run(TrainConfig(freeze=True, epochs=args.epochs_freeze, out=str(DEMO / "freeze"),
+    frozen = train.main(TrainConfig(freeze=True, epochs=args.epochs_freeze, out=str(DEMO / "freeze"),
                              lr=None if real_data else 0.03, **common))
     print("\n[2/2] full fine-tuning from the frozen run, BatchNorm frozen, very low lr "
           "(python train/finetune.py --init-from runs/freeze/model.pt)")
-    full = run(TrainConfig(freeze=False, epochs=args.epochs_full, out=str(DEMO / "full"),
+    full = train.main(TrainConfig(freeze=False, epochs=args.epochs_full, out=str(DEMO / "full"),
                            init_from=str(DEMO / "freeze" / "model.pt"), **common))
     print(f"\nresults on the {'real' if real_data else 'stand-in'} CIFAR-10 test set: "
           f"freeze {frozen['test_accuracy']:.3f}, full {full['test_accuracy']:.3f} "

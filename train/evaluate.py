@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from torch_resnet.convert import DEFAULT_STATE_DICT  # noqa: E402
 from torch_resnet.data import FORMATS  # noqa: E402
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet.evaluate import evaluate, format_summary  # noqa: E402
+from torch_resnet.files import DEFAULT_STATE_DICT  # noqa: E402
 
 
 @cli
@@ -36,8 +36,9 @@ def main(argv=None):
     p.add_argument("--shortcut-from-raw", action="store_true",
                    help="the weights were converted with --shortcut-from-raw")
     args = p.parse_args(argv)
-    report = evaluate(args.weights, args.dataset, args.data_dir, args.out, args.batch_size, args.device,
-                      args.keras, args.shortcut_from_raw, args.download)
+    report = evaluate(args.weights, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+                      batch_size=args.batch_size, device=args.device, keras_pickle=args.keras,
+                      shortcut_from_raw=args.shortcut_from_raw, download=args.download)
     print(format_summary(report))
     if args.out:
         print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion.png'}")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
-from torch_resnet.train import DEFAULT_LR, HEAD_LR, TrainConfig, run  # noqa: E402
+from torch_resnet import train  # noqa: E402
+from torch_resnet.config import AMP_MODES, DEFAULT_LR, HEAD_LR, TrainConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"],
+    p.add_argument("--amp", default=d.amp, metavar="{" + ",".join(AMP_MODES) + "}",
                    help="mixed precision (auto: bf16 on CUDA, off on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> TrainConfig:
 
 @cli
 def main(argv=None):
-    run(parse_args(argv))
+    train.main(parse_args(argv))
     return 0
 
 

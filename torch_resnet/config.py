@@ -1,0 +1,70 @@
+"""The options of a fine-tuning run, checked once, where they are made."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .files import DEFAULT_STATE_DICT
+
+DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
+HEAD_LR = 1e-3  # a new, randomly initialised head needs an ordinary rate even in the full regime
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    freeze: bool = False
+    weights: str = str(DEFAULT_STATE_DICT)
+    init_from: str | None = None  # a --freeze run's model.pt: start the full regime from it
+    data_dir: str = "data"
+    out: str | None = None  # default runs/<regime>
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float | None = None  # default DEFAULT_LR[regime]
+    head_lr: float | None = None  # full regime; default HEAD_LR, or lr when the head is pretrained
+    weight_decay: float = 5e-4
+    val_size: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    augment: bool = True
+    channels_last: bool | None = None  # default: on CUDA
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    download: bool = True
+    log_every: int = 50  # steps between loss read-backs (each one is a device sync)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "val_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{option(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "head_lr"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 1:  # also refuses NaN; above 1 AdamW only diverges
+                raise UserError(f"{option(name)} must be a number in (0, 1], got {v}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.freeze and self.init_from:
+            raise UserError("--init-from starts the full regime from a --freeze run; it cannot be used with --freeze")
+        if self.out == "":
+            raise UserError("--out must name a folder")
+
+    @property
+    def regime(self) -> str:
+        return "freeze" if self.freeze else "full"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.regime}")
+
+
+def option(field: str) -> str:
+    """The command-line spelling of a field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")

@@ -1,0 +1,83 @@
+"""The project's files: where they are by default, written atomically, weights read safely."""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .model import ResidualNetwork
+
+DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
+DEFAULT_STATE_DICT = Path("weights/resnet_cifar100.pt")
+
+
+def names_sidecar(pt_path) -> Path:
+    """Where the Keras names of a converted state dict are kept, for the way back to Keras."""
+    return Path(str(pt_path) + ".keras_names.json")
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename: no half-written file after a crash either
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the user's path, not the temporary file
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
+    """The ResidualNetwork in a state dict written by this project (weights only: no code runs),
+    its head as wide as the file's; every tensor checked before it is used."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    try:
+        with warnings.catch_warnings():  # the verdict below is the one line the user needs
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
+        raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or "head.weight" not in state:
+        raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise UserError(f"{path}: key {key!r} is not a parameter name")
+        if not torch.is_tensor(value):
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        if value.is_meta or value.layout != torch.strided:
+            raise UserError(f"{path}: {key} is not a dense tensor with values ({value.layout}, {value.device})")
+        if key.endswith("num_batches_tracked"):
+            continue
+        if not value.is_floating_point():
+            raise UserError(f"{path}: {key} has dtype {value.dtype}, expected floating point")
+        if not torch.isfinite(value.float()).all():  # the model is float32: 1e300 in float64 would be inf
+            raise UserError(f"{path}: {key} holds non-finite values (NaN or inf) or values too large for float32")
+    if state["head.weight"].dim() != 2 or state["head.weight"].shape[0] < 1:
+        raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
+    model = ResidualNetwork(state["head.weight"].shape[0], shortcut_from_raw)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
+    return model

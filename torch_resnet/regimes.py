@@ -1,0 +1,75 @@
+"""What trains in each fine-tuning regime, and how fast.
+
+- ``freeze``: the pretrained backbone is fixed (``requires_grad=False``, eval mode); only the
+  new 10-class head trains.
+- ``full``: every pretrained convolution and the head train; every BatchNorm is frozen (eval
+  mode whatever ``model.train()`` says, gamma/beta not trainable, running statistics never
+  updated); the pretrained layers get a very low learning rate.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import DEFAULT_LR, HEAD_LR, TrainConfig
+from .errors import UserError
+from .files import DEFAULT_STATE_DICT, load_model
+from .model import FEATURES, ResidualNetwork
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that stays in eval mode: ``train()`` cannot switch it to batch statistics."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Make every BatchNorm of ``module`` frozen: eval mode for good, gamma/beta not trainable.
+
+    The class swap keeps parameters, buffers and state-dict keys exactly as they are.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.__class__ = FrozenBatchNorm2d
+            m.requires_grad_(False)
+            m.eval()
+
+
+def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualNetwork | None = None
+                  ) -> ResidualNetwork:
+    """Pretrained backbone + new seeded head (or a --freeze run's head), set up for the regime.
+    The network comes from ``cfg.init_from`` / ``cfg.weights`` unless ``pretrained`` is given."""
+    source = Path(cfg.init_from or cfg.weights)
+    if pretrained is None and source == DEFAULT_STATE_DICT and not source.is_file():
+        raise UserError(f"no weights at {source}: convert the course pickle first "
+                        f"(python convert/keras_pickle_to_pt.py) or pass --weights")
+    model = pretrained if pretrained is not None else load_model(source)
+    if cfg.init_from is not None and model.num_classes != num_classes:
+        raise UserError(f"--init-from {source}: a {model.num_classes}-class model; it takes a --freeze run's "
+                        f"model.pt ({num_classes} classes); the converted network goes in --weights")
+    if cfg.init_from is None:
+        torch.manual_seed(cfg.seed)
+        model.head = nn.Linear(FEATURES, num_classes)
+    freeze_batchnorm(model.backbone)
+    if cfg.freeze:
+        model.backbone.requires_grad_(False)
+    return model
+
+
+def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optimizer:
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.regime]
+    if cfg.freeze:
+        groups = [{"params": list(model.head.parameters()), "lr": lr}]
+    else:
+        head_lr = cfg.head_lr if cfg.head_lr is not None else (lr if cfg.init_from else HEAD_LR)
+        convs = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": convs, "lr": lr}, {"params": list(model.head.parameters()), "lr": head_lr}]
+    on_cuda = model.head.weight.is_cuda  # the fused kernel: one launch per step for all tensors
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=on_cuda or None)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
