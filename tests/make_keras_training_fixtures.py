@@ -62,7 +62,7 @@ def train(model, start, regime, images, labels, lr, snapshots):
     for k in range(len(images)):
         x = scale(images[k])
         with tf.GradientTape(watch_accessed_variables=False) as tape:  # no backward through frozen layers
-            tape.watch(variables)
+            tape.watch([v.value for v in variables])  # the tf.Variables under Keras' own
             loss = loss_fn(labels[k], model(x, training=True))
         grads = tape.gradient(loss, variables)
         if k == 0:
