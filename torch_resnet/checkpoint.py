@@ -11,7 +11,8 @@ from .errors import UserError
 from .files import atomic_write
 
 # Options that do not change the numbers a run produces, so a resumed run may set them anew.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir", "device", "out", "compile"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir", "device", "out", "compile",
+                     "step_memory"}
 
 
 def save_checkpoint(path: Path, stepper, *, epoch: int, history: list, cfg: TrainConfig) -> None:

@@ -28,10 +28,11 @@ class TrainConfig:
     val_size: int = 5000
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
     augment: bool = True
-    channels_last: bool | None = None  # default: on CUDA
+    channels_last: bool | None = None  # default: on (fastest on CPU and CUDA)
     compile: bool = False
+    step_memory: bool = False  # measure one extra, undone step's memory before training
     resume: bool = False
     overwrite: bool = False
     download: bool = True

@@ -25,7 +25,7 @@ FIGURES = {"curves.png": ("Validation accuracy and loss per epoch", curves_figur
 NUMBER, TEXT = (int, float), str
 # What a finished run's metrics.json must hold for the report (written by train/finetune.py).
 REQUIRED = {"regime": TEXT, "test_accuracy": NUMBER, "test_top5": NUMBER, "test_loss": NUMBER, "epochs": list,
-            "trainable_parameters": int, "peak_memory_bytes": int, "step_memory_bytes": int, "device": TEXT,
+            "trainable_parameters": int, "peak_memory_bytes": int, "step_memory_bytes": (int, type(None)), "device": TEXT,
             "world_size": int, "amp": TEXT, "channels_last": bool, "train_images": int, "val_images": int,
             "test_images": int, "learning_rates": dict, "class_names": list, "test_per_class": dict,
             "test_confusion": list, "config": dict}
@@ -121,7 +121,7 @@ def pct(x) -> str:
 
 
 def mib(b) -> str:
-    return f"{b / 2**20:,.1f} MiB"
+    return "not measured" if b is None else f"{b / 2**20:,.1f} MiB"  # step memory: only with --step-memory
 
 
 def rate(x) -> str:
@@ -177,8 +177,9 @@ def differences(runs: list[Run]) -> list[str]:
             f"{r.label} against {base.label}: test top-1 {100 * (b['test_accuracy'] - a['test_accuracy']):+.2f} points, "
             f"{b['trainable_parameters'] / max(a['trainable_parameters'], 1):,.1f}x the trainable parameters, "
             f"{r.mean('seconds') / base.mean('seconds'):,.2f}x the seconds per epoch, "
-            f"{b['step_memory_bytes'] / max(a['step_memory_bytes'], 1):,.2f}x the step memory; "
-            f"largest class gain {gains[-1][1]} {100 * gains[-1][0]:+.2f} points, "
+            + (f"{b['step_memory_bytes'] / max(a['step_memory_bytes'], 1):,.2f}x the step memory; "
+               if a["step_memory_bytes"] and b["step_memory_bytes"] else "")
+            + f"largest class gain {gains[-1][1]} {100 * gains[-1][0]:+.2f} points, "
             f"largest loss {gains[0][1]} {100 * gains[0][0]:+.2f} points.")
     return lines
 

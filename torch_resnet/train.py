@@ -26,6 +26,7 @@ from .errors import UserError
 from .memory import peak_memory_bytes, step_memory_bytes
 from .model import ResidualNetwork
 from .outputs import write_run
+from .performance import amp_dtype, describe, keep_freed_memory
 from .regimes import optimizer_for, prepare_model, trainable_parameters
 
 
@@ -71,16 +72,6 @@ class Stepper:
         self.scaler.update()
         self.scheduler.step()
         return loss.detach(), logits.detach()
-
-
-def amp_dtype(amp: str, device: torch.device):
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if amp == "off":
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 @torch.no_grad()
@@ -148,12 +139,13 @@ def main(cfg: TrainConfig) -> dict:
         return train_and_test(cfg, ctx)
 
 
-def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSplit, CifarSplit]:
-    """(train, validation, test); rank 0 downloads the data set (if it must) before the others read it."""
+def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSplit | None, CifarSplit]:
+    """(train, validation (None with --val-size 0), test); rank 0 downloads the data set (if it
+    must) before the others read it."""
     with rank_zero_first(ctx):
         full_train = load_cifar(cfg.data_dir, CIFAR10, "train", cfg.download)
         test = load_cifar(cfg.data_dir, CIFAR10, "test", cfg.download)
-    train, val = split_train_val(full_train, cfg.val_size, cfg.seed)
+    train, val = split_train_val(full_train, cfg.val_size, cfg.seed) if cfg.val_size else (full_train, None)
     if len(train.labels) < ctx.world:  # every rank needs at least one image per epoch
         raise UserError(f"--val-size {cfg.val_size} leaves {len(train.labels)} training images for "
                         f"{ctx.world} processes; lower it")
@@ -167,16 +159,19 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     out = run_folder(cfg)
     torch.manual_seed(cfg.seed)
     device = ctx.device
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    if device.type == "cpu":
+        keep_freed_memory()
+    channels_last = cfg.channels_last if cfg.channels_last is not None else True  # fastest on CPU and CUDA
     model = prepare_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     train, val, test = load_splits(cfg, ctx)
     per_rank = cfg.batch_size // ctx.world
+    n_val = len(val.labels) if val else 0
     shard = (ctx.rank, ctx.world)
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=shard)
-    val_batches = DeviceBatches(val, per_rank, device, **eval_kw)
+    val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
     test_batches = DeviceBatches(test, per_rank, device, **eval_kw)
     if cfg.freeze and not cfg.augment:
         train = backbone_features(model, train, per_rank, channels_last, amp_dtype(cfg.amp, device))
@@ -185,7 +180,8 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     optimizer = optimizer_for(model, cfg)
     total_steps = cfg.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the whole run, per step
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+        optimizer, lambda s: 1.0 if cfg.recipe == "keras" else  # Keras: a constant rate
+        0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     stepper = Stepper(model, optimizer, scheduler, cfg, device, ctx.world)
 
     history, start_epoch = [], 0
@@ -193,13 +189,15 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
         history, start_epoch = load_checkpoint(out / "checkpoint.pt", stepper, cfg)
         ctx.print(f"resuming {out} after epoch {start_epoch}")
 
-    x0, y0 = next(train_batches.epoch(0))
-    step_memory = step_memory_bytes(stepper, x0, y0)
+    ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, bool(cfg.compile))}"
+              f"{f' x{ctx.world}' if ctx.world > 1 else ''}; {len(train.labels)} train / {n_val} val / "
+              f"{len(test.labels)} test images, batch {cfg.batch_size}, "
+              f"trainable parameters {trainable_parameters(model):,}")
+    step_memory = None
+    if cfg.step_memory:  # one extra, undone step: only when asked (bench/throughput.py measures it too)
+        step_memory = step_memory_bytes(stepper, *next(train_batches.epoch(0)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ctx.print(f"{cfg.regime}: {len(train.labels)} train / {len(val.labels)} val / {len(test.labels)} test images, "
-              f"device {device}{f' x{ctx.world}' if ctx.world > 1 else ''}, batch {cfg.batch_size}, "
-              f"amp {stepper.autocast_dtype or 'off'}, trainable parameters {trainable_parameters(model):,}")
 
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
@@ -209,12 +207,13 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(stepper, val_batches)
+        val_loss, val_acc = evaluate(stepper, val_batches) if val_batches else (None, None)
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                    lr=lr, seconds=seconds, images_per_sec=train_batches.per_rank() * ctx.world / seconds)
         history.append(row)
         ctx.print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-                  f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f}s "
+                  + (f"val loss {val_loss:.4f} acc {val_acc:.4f}  " if val_batches else "")
+                  + f"lr {lr:.2e}  {seconds:.1f}s "
                   f"{row['images_per_sec']:.0f} img/s")
         if ctx.main:
             save_checkpoint(out / "checkpoint.pt", stepper, epoch=epoch, history=history, cfg=cfg)
@@ -226,12 +225,12 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
         "trainable_parameters": trainable_parameters(model), "peak_memory_bytes": peak,
         "step_memory_bytes": step_memory, "device": str(device), "world_size": ctx.world,
         "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last,
-        "train_images": len(train.labels), "val_images": len(val.labels), "test_images": len(test.labels),
+        "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
         "config": asdict(cfg),
     }
     ctx.print(f"test loss {test_loss:.4f}  test accuracy {test_acc:.4f}  "
               f"(peak memory {'unknown' if peak is None else f'{peak / 2**20:.0f} MiB'}, "
-              f"step memory {step_memory / 2**20:.0f} MiB)")
+              f"step memory {'not measured' if step_memory is None else f'{step_memory / 2**20:.0f} MiB'})")
     if ctx.main:
         write_run(out, model, metrics, names_from=cfg.init_from or cfg.weights)
         ctx.print(f"wrote {out}/model.pt, metrics.json, metrics.csv, curves.png")

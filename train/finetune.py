@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet import train  # noqa: E402
-from torch_resnet.config import AMP_MODES, DEFAULT_LR, HEAD_LR, TrainConfig  # noqa: E402
+from torch_resnet.config import AMP_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -34,16 +34,23 @@ def parse_args(argv=None) -> TrainConfig:
                    f"the head with --freeze, {DEFAULT_LR['full']} for the pretrained layers otherwise)")
     p.add_argument("--head-lr", type=float, default=None, help=f"full regime: the head's rate (default {HEAD_LR} "
                    "for a new head, --lr for a head from --init-from)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--val-size", type=int, default=d.val_size, help="training images held out for validation")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default recipe only)")
+    p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
+                   help="default: AdamW, cosine decay; keras: the Keras notebook's loop (Keras' Adam rule, "
+                        "constant --lr for every trained tensor, Keras Dense head init), see README")
+    p.add_argument("--val-size", type=int, default=d.val_size,
+                   help="training images held out for validation (0: none, train on all)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default=d.amp, metavar="{" + ",".join(AMP_MODES) + "}",
-                   help="mixed precision (auto: bf16 on CUDA, off on CPU)")
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+                   help="mixed precision (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="NHWC memory layout (the default: fastest on CPU and CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first epoch)")
+    p.add_argument("--step-memory", action="store_true",
+                   help="measure one training step's memory before training (one extra step, undone)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss read-backs")

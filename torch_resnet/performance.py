@@ -1,0 +1,88 @@
+"""The fastest correct settings for the device at hand, chosen once and said in one line.
+
+Measured on a 2-core AMD EPYC (Zen 4, avx512_bf16) and an H100 (see docs/benchmarks.md):
+- channels_last everywhere: oneDNN (CPU) and cuDNN (GPU) convolutions are fastest in NHWC;
+- bf16 autocast for training on CUDA and on CPUs that compute bf16 natively (avx512_bf16 or
+  amx_bf16): about twice the fp32 rate on the CPU above; fp32 on other CPUs, where bf16 is
+  emulated and slower. Evaluation stays fp32 unless asked (its job is an exact number);
+- on Linux/glibc CPUs, freed memory stays with the process (see ``keep_freed_memory``).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (x86 avx512_bf16/amx_bf16), read from
+    /proc/cpuinfo; False where that is not known (other systems): fp32 is the safe default."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # Arm bf16 (e.g. Graviton3) is not measured here yet
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device``; None means fp32.
+
+    ``auto``: bf16 for training on CUDA and on CPUs with native bf16; fp32 for evaluation."""
+    if amp == "auto":
+        if not training:
+            return None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """On glibc, keep freed memory in the process instead of handing it back to the OS.
+
+    glibc serves each large block (a 256-image activation is 67 MB) with a fresh mmap and unmaps
+    it when freed, so every step page-faults and zeroes hundreds of MB anew: 14-25 % of a CPU
+    step measured here. With mmap off for large blocks (M_MMAP_MAX 0; threads other than the
+    main one still fall back to mmap) and no trimming, the blocks are reused. The process's
+    resident memory then stays at its peak until it exits, which a training or evaluation run
+    does anyway. Returns whether the setting is active; a no-op off glibc."""
+    global _kept
+    if _kept:
+        return True
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from malloc.h
+    _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    return _kept
+
+
+def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compiled: bool = False) -> str:
+    """The settings in a few words, for a run's first line."""
+    parts = [str(device), "bf16 autocast" if dtype == torch.bfloat16 else
+             "fp16 autocast" if dtype == torch.float16 else "fp32",
+             "channels_last" if channels_last else "NCHW"]
+    if device.type == "cpu":
+        parts.append(f"{torch.get_num_threads()} threads")
+        if _kept:
+            parts.append("malloc keeps freed memory")
+    if compiled:
+        parts.append("torch.compile")
+    return ", ".join(parts)
