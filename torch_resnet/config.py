@@ -11,6 +11,7 @@ from .files import DEFAULT_STATE_DICT
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
 HEAD_LR = 1e-3  # a new, randomly initialised head needs an ordinary rate even in the full regime
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+RECIPES = ("default", "keras")  # keras: Keras' Adam, constant rate, Dense init (keras_recipe.py)
 
 
 @dataclass
@@ -24,8 +25,9 @@ class TrainConfig:
     batch_size: int = 256
     lr: float | None = None  # default DEFAULT_LR[regime]
     head_lr: float | None = None  # full regime; default HEAD_LR, or lr when the head is pretrained
-    weight_decay: float = 5e-4
-    val_size: int = 5000
+    weight_decay: float = 5e-4  # not used by --recipe keras
+    recipe: str = "default"
+    val_size: int = 5000  # 0: no validation
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
@@ -39,9 +41,13 @@ class TrainConfig:
     log_every: int = 50  # steps between loss read-backs (each one is a device sync)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "val_size", "log_every"):
+        for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{option(name)} must be at least 1, got {getattr(self, name)}")
+        if self.val_size < 0:
+            raise UserError(f"--val-size must be at least 0 (0: no validation), got {self.val_size}")
+        if self.recipe not in RECIPES:
+            raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for name in ("lr", "head_lr"):
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:  # also refuses NaN; above 1 AdamW only diverges

@@ -16,6 +16,7 @@ from torch import nn
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
 from .errors import UserError
 from .files import DEFAULT_STATE_DICT, load_model
+from .keras_recipe import keras_dense, keras_optimizer
 from .model import FEATURES, ResidualNetwork
 
 
@@ -50,7 +51,9 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     if cfg.init_from is not None and model.num_classes != num_classes:
         raise UserError(f"--init-from {source}: a {model.num_classes}-class model; it takes a --freeze run's "
                         f"model.pt ({num_classes} classes); the converted network goes in --weights")
-    if cfg.init_from is None:
+    if cfg.init_from is None and cfg.recipe == "keras":  # glorot uniform kernel, zero bias
+        model.head = keras_dense(FEATURES, num_classes, cfg.seed)
+    elif cfg.init_from is None:
         torch.manual_seed(cfg.seed)
         model.head = nn.Linear(FEATURES, num_classes)
     freeze_batchnorm(model.backbone)
@@ -61,6 +64,8 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
 
 def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optimizer:
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.regime]
+    if cfg.recipe == "keras":  # one rate for every trainable tensor unless --head-lr is given
+        return keras_optimizer(model, lr, None if cfg.freeze else cfg.head_lr)
     if cfg.freeze:
         groups = [{"params": list(model.head.parameters()), "lr": lr}]
     else:
