@@ -16,6 +16,7 @@ from .errors import UserError
 from .files import load_model
 from .model import ResidualNetwork
 from .outputs import confusion_figure, write_json, write_png
+from .performance import amp_dtype, describe, keep_freed_memory
 from .safe_pickle import load_array_dict
 
 
@@ -33,11 +34,14 @@ def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
     return fmt
 
 
-def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device) -> torch.Tensor:
-    """Logits (float32, CPU) for every image of ``split``, in order, in inference mode."""
-    model.to(device).eval()
-    batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False)
-    with torch.inference_mode():
+def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device, *,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order, in inference mode: fp32
+    unless ``dtype`` (an autocast dtype) is given, in the fastest layout (channels_last)."""
+    device = torch.device(device)
+    model.to(device, memory_format=torch.channels_last).eval()
+    batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False, channels_last=True)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return torch.cat([model(x).float().cpu() for x, _ in batches.epoch(0)])
 
 
@@ -60,12 +64,16 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) 
 
 def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, batch_size: int = 256,
              device: str | None = None, keras_pickle=None, shortcut_from_raw: bool = False,
-             download: bool = True) -> dict:
+             download: bool = True, amp: str = "auto") -> dict:
     """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
-    With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's."""
+    With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's.
+    ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     dev = pick_device(device or "auto")
+    dtype = amp_dtype(amp, dev, training=False)
+    if dev.type == "cpu":
+        keep_freed_memory()
     model = load_model(weights, shortcut_from_raw)
     num_classes = model.num_classes
     fmt = pick_dataset(num_classes, dataset, weights)
@@ -77,13 +85,13 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
         if mapping.num_classes != num_classes:
             raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
 
-    logits = predict(model, split, batch_size, dev)
+    logits = predict(model, split, batch_size, dev, dtype=dtype)
     if not torch.isfinite(logits).all():
         raise UserError(f"{weights}: the network gives non-finite logits (broken weights, e.g. a negative "
                         f"BatchNorm variance)")
     scores, confusion = metrics(logits, split.labels, split.class_names)
     report = {"weights": str(weights), "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": num_classes,
-              "n_images": len(split.labels), **scores}
+              "n_images": len(split.labels), "settings": describe(dev, dtype, True), **scores}
     if keras_pickle is not None:
         from .keras_predict import keras_logits
 
@@ -105,7 +113,8 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
 
 
 def format_summary(report: dict, worst: int = 5) -> str:
-    lines = [f"{report['dataset']} test, {report['n_images']} images, weights {report['weights']}",
+    lines = [f"{report['dataset']} test, {report['n_images']} images, weights {report['weights']} "
+             f"({report['settings']})",
              f"top-1 {report['top1']:.2%}   top-5 {report['top5']:.2%}   loss {report['loss']:.4f}"]
     n_images = report["per_class_images"]
     scored = sorted((acc, i, name) for i, (name, acc) in enumerate(report["per_class"].items()) if acc is not None)
