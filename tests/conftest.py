@@ -1,4 +1,5 @@
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,41 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder: default paths (runs/, weights/, data/) land there,
+    never in the repository or a user's own files."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run_script(script, *args, timeout=600, env=None):
-    """Run one of the project's scripts the way a user does; returns CompletedProcess."""
+    """Run one of the project's scripts as a real process, the way a user does (in the current
+    folder, the test's tmp_path); returns CompletedProcess. Each costs an interpreter and torch
+    start-up: kept for what only a real process shows (exit status, stderr as written)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def call_script(capsys, script, *args):
+    """A script's main() in this process: (exit status, stdout, stderr). @cli does the error
+    handling, so this sees what a user would; run_script checks the real process once per script."""
+    capsys.readouterr()  # what came before is not this call's
+    rc = runpy.run_path(str(ROOT / script))["main"]([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_refused(rc, err, *needles, nothing_in=None):
+    """One line ``error: ...`` naming every needle, exit status 2, no traceback, and no file
+    written under the folder ``nothing_in`` (no output, no temporary file)."""
+    err = err.strip()
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+    if nothing_in is not None:
+        assert not [p for p in Path(nothing_in).rglob("*") if p.is_file()], list(Path(nothing_in).rglob("*"))
+    return err
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +52,12 @@ def keras_fixtures(tmp_path_factory):
     """Pickles and Keras outputs made by a real Keras model, in a subprocess (no TF in pytest)."""
     out = tmp_path_factory.mktemp("keras")
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "make_keras_fixtures.py"), str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+                       capture_output=True, text=True, cwd=out, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def setup(keras_fixtures, tmp_path_factory):
     """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests."""
     from torch_resnet.convert import convert_pickle
@@ -37,6 +69,43 @@ def setup(keras_fixtures, tmp_path_factory):
     convert_pickle(keras_fixtures / "keras3.pkl", weights)
     write_cifar(root / "data", CIFAR10, train_size=160, test_size=80, seed=5)
     return root, weights
+
+
+SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, device="cpu", download=False)  # 120/40/80 images
+
+
+def train(setup, out, **kw):
+    """A fine-tuning run on the small data set, in process: (metrics, weights before, weights after)."""
+    import torch
+
+    from torch_resnet import train as trainer
+    from torch_resnet.config import TrainConfig
+
+    root, weights = setup
+    cfg = TrainConfig(weights=str(kw.pop("weights", weights)), data_dir=str(root / "data"), out=str(out),
+                      **{**SMALL, **kw})
+    metrics = trainer.main(cfg)
+    return metrics, torch.load(cfg.weights, weights_only=True), torch.load(out / "model.pt", weights_only=True)
+
+
+def finetune_args(setup, out, *extra):
+    """train/finetune.py's arguments for the options of the session's runs (conftest.SMALL)."""
+    root, weights = setup
+    args = ["--weights", weights, "--data-dir", root / "data", "--out", out, "--epochs", SMALL["epochs"],
+            "--batch-size", SMALL["batch_size"], "--val-size", SMALL["val_size"], "--seed", SMALL["seed"],
+            "--device", SMALL["device"], "--no-download", *extra]
+    return [str(a) for a in args]
+
+
+@pytest.fixture(scope="session")
+def freeze_run(setup, tmp_path_factory):
+    out = tmp_path_factory.mktemp("freeze") / "run"
+    return (*train(setup, out, freeze=True), out)
+
+
+@pytest.fixture(scope="session")
+def full_run(setup, tmp_path_factory):
+    return train(setup, tmp_path_factory.mktemp("full") / "run", freeze=False)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -6,29 +6,24 @@ import sys
 
 import torch
 
-from conftest import FIGURES, ROOT
+from conftest import FIGURES, ROOT, finetune_args
 
 
-def finetune(setup, out, launcher):
-    root, weights = setup
-    cmd = launcher + [str(ROOT / "train/finetune.py"), "--weights", str(weights), "--data-dir", str(root / "data"),
-                      "--out", str(out), "--epochs", "2", "--batch-size", "40", "--val-size", "40", "--seed", "3",
-                      "--no-download", "--device", "cpu"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+def test_two_ranks_match_one_process(setup, full_run, tmp_path):
+    weights = setup[1]
+    m1, _, single = full_run  # the same options in one process
+    out = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        ROOT / "train/finetune.py", *finetune_args(setup, out)], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout, torch.load(out / "model.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
-
-
-def test_two_ranks_match_one_process(setup, tmp_path):
-    _, single, m1 = finetune(setup, tmp_path / "one", [sys.executable])
-    out2, ddp, m2 = finetune(setup, tmp_path / "two",
-                             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])
-    assert "device cpu x2" in out2 and out2.count("test accuracy") == 1  # one writer
+    ddp, m2 = torch.load(out / "model.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
+    assert "device cpu x2" in r.stdout and r.stdout.count("test accuracy") == 1  # one writer
     assert m2["world_size"] == 2 and m2["train_images"] == m1["train_images"]
     diff = max((single[k].float() - ddp[k].float()).abs().max().item() for k in single)
     FIGURES.append(("DDP 2 ranks vs 1 process (full regime, 2 epochs)", f"max |dweight| {diff:.1e}"))
     assert diff < 1e-4
-    changed = max((single[k].float() - torch.load(setup[1], weights_only=True)[k].float()).abs().max().item()
+    changed = max((single[k].float() - torch.load(weights, weights_only=True)[k].float()).abs().max().item()
                   for k in single if k.startswith("backbone.") and k.endswith("conv1.weight"))
     assert changed > 10 * diff  # the runs really trained: the agreement is not trivial
     assert abs(m1["test_loss"] - m2["test_loss"]) < 1e-4 and m1["test_accuracy"] == m2["test_accuracy"]

@@ -61,3 +61,11 @@ def test_inference_path_equals_training_path():
     with torch.no_grad():
         fast = model(x)
     assert torch.equal(fast, model(x).detach())
+
+
+def test_summary_leaves_the_models_mode_as_it_was():
+    model = ResidualNetwork(100).train()
+    summary(model)
+    assert model.training and all(m.training for m in model.modules())
+    summary(model.eval())
+    assert not any(m.training for m in model.modules())

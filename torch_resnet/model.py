@@ -139,6 +139,7 @@ def summary(model: ResidualNetwork, image_size: int = 32) -> str:
     shapes = {}
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
              for name, m in rows_spec]
+    modes = {m: m.training for m in model.modules()}  # the caller's model stays as it was
     try:
         param = next(model.parameters())
         with torch.no_grad():
@@ -146,6 +147,8 @@ def summary(model: ResidualNetwork, image_size: int = 32) -> str:
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes.items():
+            m.training = training
 
     def keras_shape(s):
         s = (s[0], *s[2:], s[1]) if len(s) == 4 else s  # NCHW -> NHWC
