@@ -100,12 +100,12 @@ def finetune_args(setup, out, *extra):
 @pytest.fixture(scope="session")
 def freeze_run(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("freeze") / "run"
-    return (*train(setup, out, freeze=True), out)
+    return (*train(setup, out, freeze=True, step_memory=True), out)
 
 
 @pytest.fixture(scope="session")
 def full_run(setup, tmp_path_factory):
-    return train(setup, tmp_path_factory.mktemp("full") / "run", freeze=False)
+    return train(setup, tmp_path_factory.mktemp("full") / "run", freeze=False, step_memory=True)
 
 
 def pytest_terminal_summary(terminalreporter):
