@@ -54,7 +54,8 @@ def curves_figure(rows: list[dict], regime: str) -> Figure:
     fig = Figure(figsize=(11, 4), layout="tight")
     for ax, what, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy")):
         ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{what}"] for r in rows], "s-", label="validation")
+        if any(r[f"val_{what}"] is not None for r in rows):  # none with --val-size 0
+            ax.plot(epochs, [r[f"val_{what}"] for r in rows], "s-", label="validation")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
