@@ -1,20 +1,22 @@
 #!/usr/bin/env python
-"""Training throughput of both regimes, measured side by side on one machine.
+"""Throughput of both training regimes and of inference, ours against our peers, side by side.
 
-    python bench/throughput.py --device cpu --json FILE [--images N] [--batch-size B]
+    python bench/throughput.py --device cpu --regimes freeze full infer --peer keras --json FILE
 
-For each regime (freeze, full), our loop and the baseline each in a fresh process of its own
-(so that peak RSS is each one's own and neither runs in the other's warmed-up process):
-  epoch     images/s of a whole training epoch as train/finetune.py runs it: device-resident
-            uint8 data, batch augmentation, step, metrics (one warm-up epoch first, untimed);
-  ceiling   images/s of the bare step on one pre-made device batch, as many steps as an epoch;
-  baseline  images/s of the loop a typical user writes: torchvision DataLoader with per-image
-            PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
-            Normalize), fp32, contiguous NCHW, loss.item() every step;
-  peak memory: CUDA max allocated, or peak RSS of the process on CPU, for ours and the
-            baseline, plus the step-memory accounting of torch_resnet.memory.step_memory_bytes.
-Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images
-written in that format to a temporary folder.
+Each measurement runs in a fresh process of its own (peak memory is each one's own, TensorFlow
+never shares a process with PyTorch, nobody runs in another's warmed-up process):
+  epoch     images/s of a whole epoch as our scripts run it, with their default settings (or
+            --amp/--compile): for freeze and full, train/finetune.py's loop (device-resident
+            uint8 data, batch augmentation, step, metrics); for infer, train/evaluate.py's
+            forward pass (fp32 by default). One untimed warm-up epoch first;
+  ceiling   images/s of the bare step (or forward) repeated on one pre-made device batch;
+  keras     the peer we replace: the seed's network in Keras 3 / TensorFlow with a course
+            student's loop (bench/keras_peer.py);
+  baseline  the loop a typical PyTorch user writes: torchvision DataLoader with per-image PIL
+            transforms, fp32, contiguous NCHW, loss.item() every step;
+  memory    peak (CUDA max allocated, or the process's peak RSS on CPU) and, for training, the
+            step-memory accounting of torch_resnet.memory.step_memory_bytes.
+Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images.
 """
 import argparse
 import json
@@ -31,66 +33,83 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
-from torch_resnet.config import TrainConfig  # noqa: E402
+from torch_resnet.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
 from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
 from torch_resnet.distributed import pick_device  # noqa: E402
 from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
+from torch_resnet.evaluate import predict  # noqa: E402
 from torch_resnet.files import atomic_write  # noqa: E402
 from torch_resnet.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
+from torch_resnet.performance import amp_dtype, describe, keep_freed_memory  # noqa: E402
 from torch_resnet.regimes import optimizer_for, prepare_model  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
 from torch_resnet.train import Stepper, train_one_epoch  # noqa: E402
 
-REGIMES = ("freeze", "full")
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+REGIMES = ("freeze", "full", "infer")
+PEERS = ("keras", "baseline")
 
 
 def timed(device, fn) -> float:
-    sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     fn()
-    sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
 
-def ours(regime, data, args, device):
+def ours_training(regime, data, args, device):
     cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
-    channels_last = device.type == "cuda"
     torch.manual_seed(0)
-    model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg)
     stepper = Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device)
-    batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=channels_last)
-    train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False)  # warm-up: cuDNN autotuning, torch.compile
+    batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=True)
+    compile_s = timed(device, lambda: train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False))
     epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, log_every=cfg.log_every, progress=False))
-    x, y = next(batches.epoch(2))
-    x, y = x.clone(), y.clone()
+    x, y = (t.clone() for t in next(batches.epoch(2)))
     steps = len(batches)
     ceiling_s = timed(device, lambda: [stepper.step(x, y) for _ in range(steps)])
     peak = peak_memory_bytes(device)
-    step_mem = step_memory_bytes(stepper, x, y)
     return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(y) / ceiling_s,
-            "epoch_s": epoch_s, "peak_mem_bytes": peak, "step_mem_bytes": step_mem,
+            "epoch_s": epoch_s, "warmup_epoch_s": compile_s, "peak_mem_bytes": peak,
+            "step_mem_bytes": step_memory_bytes(stepper, x, y),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last}
+            "settings": describe(device, stepper.autocast_dtype, True, args.compile)}
+
+
+def ours_inference(data, args, device):
+    """The evaluation path (torch_resnet.evaluate.predict) at its default precision, fp32."""
+    dtype = amp_dtype(args.amp, device, training=False)
+    torch.manual_seed(0)
+    model = ResidualNetwork(10)
+    warm_s = timed(device, lambda: predict(model, data, args.batch_size, device, dtype=dtype))
+    epoch_s = timed(device, lambda: predict(model, data, args.batch_size, device, dtype=dtype))
+    x = next(DeviceBatches(data, args.batch_size, device, shuffle=False, augment=False, channels_last=True).epoch(0))[0]
+    steps = -(-len(data.labels) // args.batch_size)
+
+    def bare():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for _ in range(steps):
+                model(x)
+
+    ceiling_s = timed(device, bare)
+    return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(x) / ceiling_s,
+            "epoch_s": epoch_s, "warmup_epoch_s": warm_s, "peak_mem_bytes": peak_memory_bytes(device),
+            "settings": describe(device, dtype, True)}
 
 
 class PerImageCifar(torch.utils.data.Dataset):
     """What a typical user has: HWC uint8 images turned into PIL and transformed one by one."""
 
-    def __init__(self, data):
+    def __init__(self, data, augment: bool):
         import torchvision.transforms as T
 
         self.images = data.images.permute(0, 2, 3, 1).numpy()
         self.labels = data.labels.numpy()
-        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                                    T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+        steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+        self.transform = T.Compose(steps + [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
 
     def __len__(self):
         return len(self.labels)
@@ -104,33 +123,32 @@ class PerImageCifar(torch.utils.data.Dataset):
 def baseline(regime, data, args, device):
     torch.manual_seed(0)
     model = ResidualNetwork(10).to(device)
-    if regime == "freeze":
-        for p in model.backbone.parameters():
-            p.requires_grad = False
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    if regime != "full":
+        model.backbone.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-    loader = torch.utils.data.DataLoader(PerImageCifar(data), batch_size=args.batch_size, shuffle=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(PerImageCifar(data, augment=regime != "infer"), batch_size=args.batch_size,
+                                         shuffle=regime != "infer", num_workers=workers,
+                                         pin_memory=device.type == "cuda")
 
     def epoch(limit=None):
-        model.train()
-        if regime == "freeze":
-            model.backbone.eval()
-        total = 0.0
+        model.train(regime == "full")  # the frozen backbone in eval mode
         for i, (x, y) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
             x, y = x.to(device), y.to(device)
+            if regime == "infer":
+                with torch.no_grad():
+                    model(x).argmax(1).tolist()
+                continue
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            loss.item()
 
     epoch(limit=3)  # warm-up of the model; the loader's start-up stays in the timed epoch, as for a user
-    seconds = timed(device, epoch)
-    return {"baseline_ips": len(data.labels) / seconds}
+    return {"baseline_ips": len(data.labels) / timed(device, epoch), "baseline_peak_mem_bytes": peak_memory_bytes(device)}
 
 
 def worker(args):
@@ -138,100 +156,104 @@ def worker(args):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_cifar(args.data_dir, CIFAR10, "train", download=False)
-    if args.images and args.images < len(data.labels):
-        data.images, data.labels = data.images[:args.images], data.labels[:args.images]
-    if args.loop == "ours":
-        result = ours(args.worker, data, args, device)
-        result["images"] = len(data.labels)
-        result["resident_data_bytes"] = data.images.numel() * data.images.element_size() + data.labels.numel() * 8
+    data.images, data.labels = data.images[:args.images], data.labels[:args.images]
+    if args.loop == "baseline":
+        result = baseline(args.worker, data, args, device)  # PyTorch as a user has it: no allocator setting
     else:
-        result = baseline(args.worker, data, args, device)
-        result["baseline_peak_mem_bytes"] = peak_memory_bytes(device)
+        if device.type == "cpu":
+            keep_freed_memory()  # as our scripts do
+        result = ours_inference(data, args, device) if args.worker == "infer" else ours_training(
+            args.worker, data, args, device)
+        result["images"] = len(data.labels)
+        result["resident_data_bytes"] = data.images.numel() + data.labels.numel() * 8
     print(json.dumps(result))
 
 
-def machine(device_name: str) -> str:
-    if device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available()):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+def measure(cmd: list[str], what: str) -> dict:
+    r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise UserError(f"the {what} measurement failed: {last}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def table(results) -> str:
-    lines = [f"{'regime':<8}{'epoch img/s':>13}{'ceiling img/s':>15}{'baseline img/s':>16}"
-             f"{'epoch/ceiling':>15}{'ours/baseline':>15}{'peak MiB':>10}{'step MiB':>10}{'baseline MiB':>14}"]
-    for regime in REGIMES:
-        if regime not in results:
-            continue
+def table(results: dict, regimes) -> str:
+    def cell(r, key, fmt):
+        return format(r[key], fmt) if r.get(key) is not None else "-"
+
+    cols = [("regime", None, "", 8), ("epoch img/s", "epoch_ips", ",.0f", 13), ("ceiling", "ceiling_ips", ",.0f", 10),
+            ("epoch/ceiling", "epoch_over_ceiling", ".2f", 15), ("keras img/s", "keras_ips", ",.0f", 13),
+            ("ours/keras", "ours_over_keras", ".2f", 12), ("baseline img/s", "baseline_ips", ",.0f", 16),
+            ("ours/baseline", "ours_over_baseline", ".2f", 15), ("peak MiB", "peak_mib", ",.0f", 10),
+            ("step MiB", "step_mib", ",.0f", 10)]
+    lines = ["".join(f"{name:>{w}}" if key else f"{name:<{w}}" for name, key, _, w in cols)]
+    for regime in regimes:
         r = results[regime]
-        base = f"{r['baseline_ips']:.0f}" if "baseline_ips" in r else "-"
-        speedup = f"{r['ours_over_baseline']:.1f}x" if "baseline_ips" in r else "-"
-        base_mem = f"{r['baseline_peak_mem_bytes'] / 2**20:.0f}" if "baseline_peak_mem_bytes" in r else "-"
-        lines.append(f"{regime:<8}{r['epoch_ips']:>13.0f}{r['ceiling_ips']:>15.0f}"
-                     f"{base:>16}{r['epoch_over_ceiling']:>15.2f}{speedup:>15}"
-                     f"{r['peak_mem_bytes'] / 2**20:>10.0f}{r['step_mem_bytes'] / 2**20:>10.0f}{base_mem:>14}")
-    if "freeze" in results and "full" in results:
-        f, g = results["freeze"], results["full"]
-        line = (f"freeze/full peak memory {f['peak_mem_bytes'] / g['peak_mem_bytes']:.2f}, "
-                f"step memory {f['step_mem_bytes'] / g['step_mem_bytes']:.2f}")
-        if results.get("device", "").startswith("cuda"):  # the data set lives in GPU memory in both regimes
-            data = f["resident_data_bytes"]
-            line += (f"; without the resident data set ({data / 2**20:.0f} MiB): "
-                     f"{(f['peak_mem_bytes'] - data) / (g['peak_mem_bytes'] - data):.2f}")
-        lines.append(line)
+        lines.append("".join(f"{regime:<{w}}" if key is None else f"{cell(r, key, fmt):>{w}}" for _, key, fmt, w in cols))
+    lines += [f"{regime}: {results[regime]['settings']}" for regime in regimes]
     return "\n".join(lines)
 
 
 @cli
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--images", type=int, default=None, help="images per epoch (default: 512 on CPU, 50000 on CUDA)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--compile", action="store_true", help="torch.compile our model (not the baseline)")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES, help="as in train/finetune.py and train/evaluate.py")
+    p.add_argument("--compile", default=None, choices=COMPILE_MODES, help="torch.compile our training loop, mode")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    p.add_argument("--peer", nargs="*", default=None, choices=PEERS,
+                   help="peers to run (default: keras on CPU, baseline on CUDA; none: --peer alone)")
     p.add_argument("--data-dir", default=None, help="folder with cifar-10-batches-py (default: a generated stand-in)")
-    p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--worker", choices=REGIMES, help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=["ours", "baseline"], default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
     device = pick_device(args.device)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.images is not None and not 1 <= args.images <= 1_000_000:
         raise UserError(f"--images must be between 1 and 1,000,000, got {args.images}")
+    if args.worker:
+        worker(args)
+        return 0
     if args.json and Path(args.json).is_dir():  # found out now, not after the measurements
         raise UserError(f"--json {args.json} is a folder")
+    peers = args.peer if args.peer is not None else (["baseline"] if device.type == "cuda" else ["keras"])
+    if "keras" in peers and subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode:
+        raise UserError("--peer keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
     images = args.images or (50000 if device.type == "cuda" else 512)
+    results = {"machine": machine(device), "device": str(device), "batch_size": args.batch_size, "images": images,
+               "amp": args.amp, "compile": args.compile, "peers": peers}
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir
-        if data_dir is None:
-            data_dir = tmp
+        data_dir = args.data_dir or tmp
+        if args.data_dir is None:
             write_cifar(tmp, CIFAR10, train_size=images, test_size=10)
-        results = {"machine": machine(args.device), "device": str(device), "batch_size": args.batch_size,
-                   "compile": args.compile}
+        common = ["--images", str(images), "--batch-size", str(args.batch_size), "--data-dir", data_dir]
         for regime in args.regimes:
-            res = {}
-            for loop in ("ours",) + ("baseline",) * (not args.skip_baseline):  # a fresh process each
-                cmd = [sys.executable, __file__, "--worker", regime, "--loop", loop, "--device", args.device,
-                       "--images", str(images), "--batch-size", str(args.batch_size), "--amp", args.amp,
-                       "--data-dir", data_dir] + ["--compile"] * args.compile
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode != 0:
-                    last = (r.stderr.strip().splitlines() or ["?"])[-1]
-                    raise UserError(f"the {regime} measurement ({loop}) failed: {last}")
-                res.update(json.loads(r.stdout.strip().splitlines()[-1]))
-            res["epoch_over_ceiling"] = res["epoch_ips"] / res["ceiling_ips"]
-            if "baseline_ips" in res:
+            cmd = [__file__, "--worker", regime, "--device", args.device, *common]
+            res = measure(cmd + ["--amp", args.amp] + (["--compile", args.compile] if args.compile else []),
+                          f"{regime} (ours)")
+            if "baseline" in peers:
+                res.update(measure(cmd + ["--loop", "baseline"], f"{regime} (baseline)"))
                 res["ours_over_baseline"] = res["epoch_ips"] / res["baseline_ips"]
+            if "keras" in peers:
+                keras_cmd = [str(Path(__file__).with_name("keras_peer.py")), "--regime", regime, *common]
+                res.update(measure(keras_cmd, f"{regime} (keras)"))
+                res["ours_over_keras"] = res["epoch_ips"] / res["keras_ips"]
+            res["epoch_over_ceiling"] = res["epoch_ips"] / res["ceiling_ips"]
+            res["peak_mib"] = res["peak_mem_bytes"] / 2**20 if res.get("peak_mem_bytes") else None
+            res["step_mib"] = res["step_mem_bytes"] / 2**20 if res.get("step_mem_bytes") else None
             results[regime] = res
-    print(f"{results['machine']}; device {device}; batch {args.batch_size}; {images} images per epoch"
-          f"{'; torch.compile' if args.compile else ''}")
-    print(table(results))
+    print(f"{results['machine']}; device {device}; batch {args.batch_size}; {images} images per epoch")
+    print(table(results, args.regimes))
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return 0

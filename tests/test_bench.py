@@ -2,19 +2,34 @@
 speed is checked by running the bench, not by timed tests)."""
 import json
 
-from conftest import run_script
+from conftest import assert_refused, call_script
+
+BENCH = "bench/throughput.py"
 
 
-def test_bench_prints_the_table_and_writes_every_figure(tmp_path):
+def test_bench_measures_ours_and_each_peer(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    r = run_script("bench/throughput.py", "--device", "cpu", "--images", "48", "--batch-size", "16", "--json", out)
-    assert r.returncode == 0, r.stderr
-    assert "epoch/ceiling" in r.stdout and "ours/baseline" in r.stdout and "freeze/full peak memory" in r.stdout
+    small = ["--device", "cpu", "--images", "24", "--batch-size", "8"]
+    rc, stdout, err = call_script(capsys, BENCH, *small, "--regimes", "full", "--peer", "baseline", "--json", out)
+    assert rc == 0, err
+    full = json.loads(out.read_text())["full"]
+    for key in ("epoch_ips", "ceiling_ips", "baseline_ips", "peak_mem_bytes", "step_mem_bytes", "baseline_peak_mem_bytes"):
+        assert full[key] > 0, key
+    assert full["images"] == 24 and full["trainable_params"] == 4293562 and "keras_ips" not in full
+    assert "ours/baseline" in stdout and "full: cpu" in stdout
+
+    rc, stdout, err = call_script(capsys, BENCH, *small, "--regimes", "infer", "--peer", "keras", "--json", out)
+    assert rc == 0, err
     results = json.loads(out.read_text())
-    for regime in ("freeze", "full"):
-        figures = results[regime]
-        for key in ("epoch_ips", "ceiling_ips", "baseline_ips", "peak_mem_bytes", "step_mem_bytes"):
-            assert figures[key] > 0, (regime, key)
-        assert figures["images"] == 48
-        assert abs(figures["epoch_over_ceiling"] - figures["epoch_ips"] / figures["ceiling_ips"]) < 1e-9
-    assert results["freeze"]["step_mem_bytes"] < results["full"]["step_mem_bytes"] / 4
+    infer = results["infer"]
+    assert infer["keras_ips"] > 0 and infer["epoch_ips"] > 0 and "baseline_ips" not in infer
+    assert infer["ours_over_keras"] == infer["epoch_ips"] / infer["keras_ips"]
+    assert "fp32" in infer["settings"]  # evaluation's default precision, whatever the CPU
+    assert results["peers"] == ["keras"] and "ours/keras" in stdout
+
+
+def test_bench_refuses_bad_options(tmp_path, capsys):
+    for args, needle in ((["--images", "0"], "--images must be between"), (["--json", str(tmp_path)], "is a folder"),
+                         (["--regimes", "sideways"], "invalid choice")):
+        rc, _, err = call_script(capsys, BENCH, "--device", "cpu", *args)
+        assert_refused(rc, err, needle)

@@ -11,6 +11,7 @@ from .files import DEFAULT_STATE_DICT
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
 HEAD_LR = 1e-3  # a new, randomly initialised head needs an ordinary rate even in the full regime
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RECIPES = ("default", "keras")  # keras: Keras' Adam, constant rate, Dense init (keras_recipe.py)
 
 
@@ -33,7 +34,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
     augment: bool = True
     channels_last: bool | None = None  # default: on (fastest on CPU and CUDA)
-    compile: bool = False
+    compile: str | None = None  # a torch.compile mode ("default", "reduce-overhead", ...); None: eager
     step_memory: bool = False  # measure one extra, undone step's memory before training
     resume: bool = False
     overwrite: bool = False
@@ -60,6 +61,8 @@ class TrainConfig:
             raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.freeze and self.init_from:
             raise UserError("--init-from starts the full regime from a --freeze run; it cannot be used with --freeze")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.out == "":
             raise UserError("--out must name a folder")
 

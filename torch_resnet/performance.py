@@ -74,7 +74,7 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
-def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compiled: bool = False) -> str:
+def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compile_mode: str | None = None) -> str:
     """The settings in a few words, for a run's first line."""
     parts = [str(device), "bf16 autocast" if dtype == torch.bfloat16 else
              "fp16 autocast" if dtype == torch.float16 else "fp32",
@@ -83,6 +83,6 @@ def describe(device: torch.device, dtype: torch.dtype | None, channels_last: boo
         parts.append(f"{torch.get_num_threads()} threads")
         if _kept:
             parts.append("malloc keeps freed memory")
-    if compiled:
-        parts.append("torch.compile")
+    if compile_mode:
+        parts.append(f"torch.compile ({compile_mode})")
     return ", ".join(parts)

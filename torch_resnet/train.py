@@ -48,7 +48,8 @@ class Stepper:
                        else "broadcast_buffers")
             trained = DDP(trained, **{no_sync: False})
         if cfg.compile:
-            backbone, trained = torch.compile(backbone), torch.compile(trained)
+            mode = None if cfg.compile == "default" else cfg.compile
+            backbone, trained = torch.compile(backbone, mode=mode), torch.compile(trained, mode=mode)
         self.backbone, self.trained = backbone, trained
 
     def autocast(self):
@@ -189,7 +190,7 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
         history, start_epoch = load_checkpoint(out / "checkpoint.pt", stepper, cfg)
         ctx.print(f"resuming {out} after epoch {start_epoch}")
 
-    ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, bool(cfg.compile))}"
+    ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, cfg.compile)}"
               f"{f' x{ctx.world}' if ctx.world > 1 else ''}; {len(train.labels)} train / {n_val} val / "
               f"{len(test.labels)} test images, batch {cfg.batch_size}, "
               f"trainable parameters {trainable_parameters(model):,}")

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet import train  # noqa: E402
-from torch_resnet.config import AMP_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig  # noqa: E402
+from torch_resnet.config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -48,7 +48,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="NHWC memory layout (the default: fastest on CPU and CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first epoch)")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model, in this mode (" + ", ".join(COMPILE_MODES) + "; alone: default); "
+                        "off by default: measured no faster on CPU, unstable gains on an H100 (README)")
     p.add_argument("--step-memory", action="store_true",
                    help="measure one training step's memory before training (one extra step, undone)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
