@@ -18,7 +18,7 @@ def test_two_ranks_match_one_process(setup, full_run, tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp, m2 = torch.load(out / "model.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
-    assert "device cpu x2" in r.stdout and r.stdout.count("test accuracy") == 1  # one writer
+    assert "full: cpu, " in r.stdout and " x2; " in r.stdout and r.stdout.count("test accuracy") == 1  # one writer
     assert m2["world_size"] == 2 and m2["train_images"] == m1["train_images"]
     diff = max((single[k].float() - ddp[k].float()).abs().max().item() for k in single)
     FIGURES.append(("DDP 2 ranks vs 1 process (full regime, 2 epochs)", f"max |dweight| {diff:.1e}"))
