@@ -215,7 +215,7 @@ def test_resume_from_a_bad_checkpoint(setup, finished_run, capsys, checkpoint):
 def test_resume_refuses_changed_options(setup, finished_run, capsys):
     rc, _, err = call_script(capsys, FINETUNE, *finetune_args(setup, finished_run, "--freeze", "--resume",
                                                               "--lr", "0.5"))
-    assert_refused(rc, err, "used lr=None, not 0.5")
+    assert_refused(rc, err, "was started with the default --lr (0.001), not --lr 0.5; leave --lr out")
 
 
 def test_non_finite_loss_stops_and_keeps_earlier_run(setup, finished_run, tmp_path, capsys):

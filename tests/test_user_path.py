@@ -1,22 +1,37 @@
-"""The stumbles between the README's sections: mixed-up files, a failed download, --help."""
-import importlib.util
+"""The stumbles between the README's sections: the validation split, resuming a run and
+stopping one, mixed-up files, a failed download, --help, honest images per second."""
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import assert_refused, call_script
 from torch_resnet import ResidualNetwork
+from torch_resnet import train as trainer
+from torch_resnet.config import TrainConfig
 from torch_resnet.data import CIFAR10, find_or_download
 from torch_resnet.errors import UserError, cli
+from torch_resnet.synthetic import write_cifar
+
+FINETUNE = "train/finetune.py"
+REAL_ONE_EPOCH = trainer.train_one_epoch
 
 
-def script_main(path):
-    spec = importlib.util.spec_from_file_location(path.replace("/", "_")[:-3], ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Weights (PyTorch init, 100 classes) and 120 + 40 CIFAR-10-format images."""
+    root = tmp_path_factory.mktemp("path")
+    torch.manual_seed(0)
+    torch.save(ResidualNetwork(100).state_dict(), root / "weights.pt")
+    write_cifar(root / "data", CIFAR10, train_size=120, test_size=40, seed=4)
+    return root
+
+
+def base_args(small, out):
+    return ["--weights", small / "weights.pt", "--data-dir", small / "data", "--out", out, "--epochs", "2",
+            "--batch-size", "40", "--device", "cpu", "--no-download"]
 
 
 def one_line_error(capsys, *needles):
@@ -27,12 +42,82 @@ def one_line_error(capsys, *needles):
     return err
 
 
+def test_validation_is_a_tenth_by_default_and_a_count_still_works(small, tmp_path, capsys):
+    rc, out, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "a"), "--epochs", "1")
+    assert rc == 0, err
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (m["train_images"], m["val_images"]) == (108, 12) and "108 train / 12 val / 40 test" in out
+    assert TrainConfig(val_size=5000).val_count(50_000) == 5000 and TrainConfig().val_count(50_000) == 5000
+    for bad, needle in (("1.5", "--val-size must be a fraction below 1"), ("120", "a fraction such as 0.1"),
+                        ("-0.1", "--val-size must be a fraction below 1")):
+        rc, _, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "b"), "--val-size", bad)
+        assert_refused(rc, err, needle, nothing_in=tmp_path / "b")
+
+
+def stop_in_epoch(monkeypatch, stop_at):
+    """Ctrl-C in the middle of epoch ``stop_at`` (0-based)."""
+    real = REAL_ONE_EPOCH
+
+    def one_epoch(stepper, batches, epoch, **kw):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return real(stepper, batches, epoch, **kw)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", one_epoch)
+
+
+def test_ctrl_c_says_how_to_continue_and_resume_needs_only_the_folder(small, tmp_path, capsys, monkeypatch):
+    def args(out):
+        return ["--freeze", *base_args(small, out), "--lr", "3e-3", "--val-size", "20", "--seed", "7"]
+
+    stop_in_epoch(monkeypatch, 0)
+    rc, _, err = call_script(capsys, FINETUNE, *args(tmp_path / "early"))
+    assert rc == 130 and err.strip() == "error: interrupted; no epoch had finished, nothing was saved", err
+    stop_in_epoch(monkeypatch, 1)
+    rc, _, err = call_script(capsys, FINETUNE, *args(tmp_path / "stopped"))
+    assert rc == 130 and len(err.strip().splitlines()) == 1, err
+    assert f"continue it with: python train/finetune.py --resume --out {tmp_path / 'stopped'}" in err
+    monkeypatch.undo()
+    rc, out, err = call_script(capsys, FINETUNE, "--resume", "--out", tmp_path / "stopped")  # nothing else
+    assert rc == 0 and "resuming" in out, err
+    rc, _, err = call_script(capsys, FINETUNE, *args(tmp_path / "straight"))
+    assert rc == 0, err
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("straight", "stopped"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the saved options were used: --lr, --val-size, --seed...
+    rc, _, err = call_script(capsys, FINETUNE, "--resume", "--out", tmp_path / "stopped", "--lr", "0.01")
+    assert_refused(rc, err, f"{tmp_path / 'stopped'} was started with --lr 0.003, not --lr 0.01; leave --lr out")
+    rc, _, err = call_script(capsys, FINETUNE, "--resume", "--out", tmp_path / "stopped", "--no-augment")
+    assert_refused(rc, err, "was started with augmentation (no --no-augment), not --no-augment")
+    rc, _, err = call_script(capsys, FINETUNE, "--resume", "--out", tmp_path / "nothing")
+    assert_refused(rc, err, "nothing to resume")
+
+
+def test_freeze_without_augmentation_counts_the_feature_caching(small, tmp_path):
+    m = trainer.main(TrainConfig(freeze=True, augment=False, weights=str(small / "weights.pt"),
+                                 data_dir=str(small / "data"), out=str(tmp_path / "run"), epochs=2, batch_size=40,
+                                 device="cpu", download=False))
+    first, second = m["epochs"]
+    assert 0 < m["feature_cache_seconds"] < first["seconds"]  # the first epoch pays for computing the features
+    assert first["images_per_sec"] == pytest.approx(m["train_images"] / first["seconds"])
+    assert second["seconds"] < m["feature_cache_seconds"]  # later epochs only train the head
+
+
+def test_a_keras_pickle_given_as_weights_says_to_convert_it(small, tmp_path, capsys):
+    from torch_resnet.convert import state_dict_to_keras
+    keras = tmp_path / "course.pkl"
+    keras.write_bytes(pickle.dumps(state_dict_to_keras(torch.load(small / "weights.pt", weights_only=True))))
+    for script in (FINETUNE, "train/evaluate.py"):
+        rc, _, err = call_script(capsys, script, "--weights", keras, "--data-dir", small / "data", "--out",
+                                 tmp_path / "o", "--no-download")
+        assert_refused(rc, err, f"{keras} is a Keras pickle", "convert/keras_pickle_to_pt.py", nothing_in=tmp_path / "o")
+
+
 @pytest.mark.parametrize("legacy", [False, True])  # torch.save's zip format, and its pre-1.6 one
 def test_a_state_dict_given_to_the_converter_says_which_script_takes_it(tmp_path, capsys, legacy):
     pt = tmp_path / "w.pt"
     torch.save(ResidualNetwork(10).state_dict(), pt, _use_new_zipfile_serialization=not legacy)
-    assert script_main("convert/keras_pickle_to_pt.py")([str(pt), "-o", str(tmp_path / "out.pt")]) == 2
-    one_line_error(capsys, "is a PyTorch file (torch.save), not a Keras pickle", "train/finetune.py --weights")
+    rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", pt, "-o", tmp_path / "out.pt")
+    assert_refused(rc, err, "is a PyTorch file (torch.save), not a Keras pickle", "train/finetune.py --weights")
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -61,7 +146,7 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
 
 def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
-        script_main("train/evaluate.py")(["--help"])
+        call_script(capsys, "train/evaluate.py", "--help")
     out = " ".join(capsys.readouterr().out.split())
     assert "default: 256" in out and "(default: data)" in out and "default: None" not in out
 

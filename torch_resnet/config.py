@@ -28,7 +28,7 @@ class TrainConfig:
     head_lr: float | None = None  # full regime; default HEAD_LR, or lr when the head is pretrained
     weight_decay: float = 5e-4  # not used by --recipe keras
     recipe: str = "default"
-    val_size: int = 5000  # 0: no validation
+    val_size: float = 0.1  # a fraction of the training images (0 < v < 1) or a count of them; 0: no validation
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
@@ -45,8 +45,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{option(name)} must be at least 1, got {getattr(self, name)}")
-        if self.val_size < 0:
-            raise UserError(f"--val-size must be at least 0 (0: no validation), got {self.val_size}")
+        if not (self.val_size == 0 or 0 < self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer()):
+            raise UserError(f"--val-size must be a fraction below 1 (0.1: a tenth of the training images), a whole "
+                            f"number of images, or 0 (no validation); got {self.val_size}")
         if self.recipe not in RECIPES:
             raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for name in ("lr", "head_lr"):
@@ -65,6 +66,10 @@ class TrainConfig:
             raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.out == "":
             raise UserError("--out must name a folder")
+
+    def val_count(self, n: int) -> int:
+        """How many of ``n`` training images are held out for validation."""
+        return max(1, round(self.val_size * n)) if 0 < self.val_size < 1 else int(self.val_size)
 
     @property
     def regime(self) -> str:

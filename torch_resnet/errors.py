@@ -12,13 +12,17 @@ class UserError(Exception):
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's defaults formatter, minus the noise: no "(default: None)" or "(default: False)"
-    on flags, and nothing added where the help already names its default."""
+    on flags, and nothing added where the help already says "(default ...)"."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, True, argparse.SUPPRESS) or "default" in text:
+        if no_default(action.default) or "(default " in text:
             return text
         return super()._get_help_string(action)
+
+
+def no_default(value) -> bool:
+    return any(value is v for v in (None, False, True, argparse.SUPPRESS))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -30,7 +34,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
-        if "help" not in kwargs and kwargs.get("default") not in (None, False, True):  # argparse shows
+        if "help" not in kwargs and not no_default(kwargs.get("default")):  # argparse shows
             kwargs["help"] = "default: %(default)s"  # no default for an option without help
         return super().add_argument(*args, **kwargs)
 

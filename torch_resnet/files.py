@@ -56,6 +56,7 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        keras_pickle(path)
         first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
         raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or "head.weight" not in state:
@@ -81,3 +82,15 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
     except RuntimeError as e:
         raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
     return model
+
+
+def keras_pickle(path) -> None:
+    """Refuse, saying which script takes it, a Keras pickle where a state dict belongs."""
+    from .safe_pickle import load_array_dict
+
+    try:
+        load_array_dict(path)
+    except UserError:
+        return  # not a Keras pickle either: the caller says what it is not
+    raise UserError(f"{path} is a Keras pickle (numpy arrays by Keras name), not a PyTorch state dict: convert it "
+                    f"first with python convert/keras_pickle_to_pt.py {path} (it writes {Path(path).with_suffix('.pt')})")

@@ -15,21 +15,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write
 from .errors import UserError
+from .files import atomic_write
 from .report_figures import confusion_figure, curves_figure, per_class_figure
 
 FIGURES = {"curves.png": ("Validation accuracy and loss per epoch", curves_figure),
            "per_class.png": ("Test accuracy per class", per_class_figure),
            "confusion.png": ("Test confusion matrices (rows: true class, fraction of its images)", confusion_figure)}
-NUMBER, TEXT = (int, float), str
+NUMBER, TEXT, MAYBE_INT = (int, float), str, (int, type(None))
 # What a finished run's metrics.json must hold for the report (written by train/finetune.py).
 REQUIRED = {"regime": TEXT, "test_accuracy": NUMBER, "test_top5": NUMBER, "test_loss": NUMBER, "epochs": list,
-            "trainable_parameters": int, "peak_memory_bytes": int, "step_memory_bytes": (int, type(None)), "device": TEXT,
+            "trainable_parameters": int, "peak_memory_bytes": MAYBE_INT, "step_memory_bytes": MAYBE_INT, "device": TEXT,
             "world_size": int, "amp": TEXT, "channels_last": bool, "train_images": int, "val_images": int,
             "test_images": int, "learning_rates": dict, "class_names": list, "test_per_class": dict,
             "test_confusion": list, "config": dict}
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec")
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds", "images_per_sec")
+VAL_KEYS = ("val_loss", "val_acc")  # null with --val-size 0
 
 
 @dataclass
@@ -37,9 +38,14 @@ class Run:
     label: str  # the folder as the user wrote it
     metrics: dict
 
-    def mean(self, key: str) -> float:
+    def seconds_per_epoch(self) -> float:
         rows = self.metrics["epochs"]
-        return sum(r[key] for r in rows) / len(rows)
+        return sum(r["seconds"] for r in rows) / len(rows)
+
+    def images_per_sec(self) -> float:
+        """Over the whole run: every epoch's images over every epoch's seconds."""
+        rows = self.metrics["epochs"]
+        return sum(r["images_per_sec"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
 
 
 def load_run(folder) -> Run:
@@ -80,9 +86,11 @@ def is_number(v) -> bool:
 
 def check_details(m: dict, path) -> None:
     bad = lambda what: UserError(f"{path}: {what}")  # noqa: E731
-    if not m["epochs"] or not all(isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_KEYS)
-                                  for r in m["epochs"]):
-        raise bad(f"'epochs' must be a list of rows with {', '.join(EPOCH_KEYS)}")
+    if not m["epochs"] or not all(isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_KEYS) and all(
+            k in r and (r[k] is None or is_number(r[k])) for k in VAL_KEYS) for r in m["epochs"]):
+        raise bad(f"'epochs' must be a list of rows with {', '.join(EPOCH_KEYS + VAL_KEYS)}")
+    if not all(r["seconds"] > 0 for r in m["epochs"]):
+        raise bad("an epoch took no time")
     names, confusion = m["class_names"], m["test_confusion"]
     if not names or not all(isinstance(n, str) for n in names):
         raise bad("'class_names' must be a list of names")
@@ -120,8 +128,8 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
-def mib(b) -> str:
-    return "not measured" if b is None else f"{b / 2**20:,.1f} MiB"  # step memory: only with --step-memory
+def mib(b, missing: str = "unknown") -> str:
+    return missing if b is None else f"{b / 2**20:,.1f} MiB"
 
 
 def rate(x) -> str:
@@ -130,12 +138,28 @@ def rate(x) -> str:
 
 def recipe(m: dict) -> str:
     c = m["config"]
-    parts = [f"AdamW, weight decay {c.get('weight_decay', 'n/a'):g}" if is_number(c.get("weight_decay"))
-             else "AdamW", "cosine decay per step", f"batch {c.get('batch_size', 'n/a')}",
-             "crop + flip" if c.get("augment", True) else "no augmentation"]
+    if c.get("recipe") == "keras":
+        parts = ["Keras' Adam, constant rate"]
+    else:
+        decay = f", weight decay {c['weight_decay']:g}" if is_number(c.get("weight_decay")) else ""
+        parts = [f"AdamW{decay}, cosine decay per step"]
+    parts += [f"batch {c.get('batch_size', 'n/a')}", "crop + flip" if c.get("augment", True) else "no augmentation"]
+    if is_number(m.get("feature_cache_seconds")):
+        parts.append(f"backbone features computed once ({m['feature_cache_seconds']:.2f} s, counted in epoch 1)")
     if c.get("init_from"):
         parts.append(f"started from {c['init_from']}")
     return ", ".join(parts)
+
+
+def precision(m: dict) -> str:
+    compiled = m["config"].get("compile")
+    return ((m["amp"] if m["amp"] != "off" else "float32") + (", channels_last" if m["channels_last"] else "")
+            + (f", torch.compile {compiled}" if isinstance(compiled, str) else ", torch.compile" if compiled else ""))
+
+
+def final(m: dict, key: str) -> str:
+    value = m["epochs"][-1][key]
+    return "none (--val-size 0)" if value is None else pct(value)
 
 
 def summary_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
@@ -150,18 +174,17 @@ def summary_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         row("test loss", lambda m, r: f"{m['test_loss']:.4f}"),
         row("trainable parameters", lambda m, r: f"{m['trainable_parameters']:,}"),
         row("epochs", lambda m, r: str(len(m["epochs"]))),
-        row("seconds per epoch (mean)", lambda m, r: f"{r.mean('seconds'):,.2f}"),
-        row("training img/s (mean)", lambda m, r: f"{r.mean('images_per_sec'):,.0f}"),
-        row("final train accuracy", lambda m, r: pct(m["epochs"][-1]["train_acc"])),
-        row("final validation accuracy", lambda m, r: pct(m["epochs"][-1]["val_acc"])),
+        row("seconds per epoch (mean)", lambda m, r: f"{r.seconds_per_epoch():,.2f}"),
+        row("training img/s (whole run)", lambda m, r: f"{r.images_per_sec():,.0f}"),
+        row("final train accuracy", lambda m, r: final(m, "train_acc")),
+        row("final validation accuracy", lambda m, r: final(m, "val_acc")),
         row("peak memory", lambda m, r: mib(m["peak_memory_bytes"])),
-        row("step memory", lambda m, r: mib(m["step_memory_bytes"])),
+        row("step memory", lambda m, r: mib(m["step_memory_bytes"], "not measured (--step-memory)")),
         row("learning rate, backbone", lambda m, r: rate(m["learning_rates"]["backbone"])),
         row("learning rate, head", lambda m, r: rate(m["learning_rates"]["head"])),
         row("recipe", lambda m, r: recipe(m)),
         row("device", lambda m, r: m["device"] + (f" x{m['world_size']}" if m["world_size"] > 1 else "")),
-        row("precision", lambda m, r: (m["amp"] if m["amp"] != "off" else "float32")
-            + (", channels_last" if m["channels_last"] else "")),
+        row("precision", lambda m, r: precision(m)),
         row("images train / val / test", lambda m, r: f"{m['train_images']:,} / {m['val_images']:,} / "
                                                        f"{m['test_images']:,}"),
     ]
@@ -176,7 +199,7 @@ def differences(runs: list[Run]) -> list[str]:
         lines.append(
             f"{r.label} against {base.label}: test top-1 {100 * (b['test_accuracy'] - a['test_accuracy']):+.2f} points, "
             f"{b['trainable_parameters'] / max(a['trainable_parameters'], 1):,.1f}x the trainable parameters, "
-            f"{r.mean('seconds') / base.mean('seconds'):,.2f}x the seconds per epoch, "
+            f"{r.seconds_per_epoch() / base.seconds_per_epoch():,.2f}x the seconds per epoch, "
             + (f"{b['step_memory_bytes'] / max(a['step_memory_bytes'], 1):,.2f}x the step memory; "
                if a["step_memory_bytes"] and b["step_memory_bytes"] else "")
             + f"largest class gain {gains[-1][1]} {100 * gains[-1][0]:+.2f} points, "

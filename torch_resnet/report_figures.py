@@ -16,6 +16,10 @@ def curves_figure(runs) -> Figure:
     for r in runs:
         rows = r.metrics["epochs"]
         epochs = [row["epoch"] for row in rows]
+        if rows[0]["val_acc"] is None:  # --val-size 0: no validation, nothing to draw
+            acc_ax.plot([], [], label=f"{r.label} (no validation)")
+            loss_ax.plot([], [], label=f"{r.label} (no validation)")
+            continue
         acc_ax.plot(epochs, [row["val_acc"] for row in rows], "o-", label=r.label)
         loss_ax.plot(epochs, [row["val_loss"] for row in rows], "o-", label=r.label)
     for ax, what in ((acc_ax, "validation accuracy"), (loss_ax, "validation loss (cross-entropy)")):

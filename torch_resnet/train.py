@@ -122,16 +122,42 @@ def check_finite(loss: float, epoch: int) -> None:
 @torch.no_grad()
 def evaluate(stepper: Stepper, batches: DeviceBatches) -> tuple[float, float]:
     """(mean loss, accuracy) of the model on ``batches``, over every rank's shard."""
+    scores = scores_of(stepper, batches, [str(i) for i in range(stepper.model.num_classes)])
+    return scores["test_loss"], scores["test_accuracy"]
+
+
+@torch.no_grad()
+def scores_of(stepper: Stepper, batches: DeviceBatches, class_names: list[str]) -> dict:
+    """Loss, top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns:
+    predicted) over every rank's shard, counted on the device without a sync per batch."""
     stepper.model.eval()
-    totals = torch.zeros(3, device=batches.device, dtype=torch.float64)  # loss sum, correct, count
+    c = len(class_names)
+    sums = torch.zeros(2 + c * c, device=batches.device, dtype=torch.float64)  # loss sum, top-5 hits, confusion
+    confusion = sums[2:].view(c, c)
     for x, y in batches.epoch(0):
         with stepper.autocast():
             logits = stepper.model(x).float()
-        totals[0] += F.cross_entropy(logits, y, reduction="sum")
-        totals[1] += (logits.argmax(1) == y).sum()
-        totals[2] += len(y)
-    loss_sum, correct, n = all_reduce(totals).tolist()
-    return loss_sum / n, correct / n
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += logits.topk(min(5, c), 1).indices.eq(y[:, None]).any(1).sum()
+        confusion.index_put_((y, logits.argmax(1)), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+    sums = all_reduce(sums).cpu()
+    confusion = sums[2:].view(c, c).round().long()
+    n, per_class, correct = confusion.sum().item(), confusion.sum(1).tolist(), confusion.diag().tolist()
+    return {"test_accuracy": sum(correct) / n, "test_top5": sums[1].item() / n, "test_loss": sums[0].item() / n,
+            "class_names": class_names,  # a class without test images has no accuracy (null)
+            "test_per_class": {name: (k / m if m else None) for name, k, m in zip(class_names, correct, per_class)},
+            "test_per_class_images": dict(zip(class_names, per_class)), "test_confusion": confusion.tolist()}
+
+
+def learning_rates(optimizer, model: ResidualNetwork) -> dict:
+    """The peak rates of the backbone (None: frozen) and of the head."""
+    head = {id(p) for p in model.head.parameters()}
+    rates = {"backbone": None, "head": None}
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        lr = group.get("initial_lr", group["lr"])
+        rates.update({**({"head": lr} if ids & head else {}), **({"backbone": lr} if ids - head else {})})
+    return rates
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -146,7 +172,8 @@ def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSpl
     with rank_zero_first(ctx):
         full_train = load_cifar(cfg.data_dir, CIFAR10, "train", cfg.download)
         test = load_cifar(cfg.data_dir, CIFAR10, "test", cfg.download)
-    train, val = split_train_val(full_train, cfg.val_size, cfg.seed) if cfg.val_size else (full_train, None)
+    n_val = cfg.val_count(len(full_train.labels))
+    train, val = split_train_val(full_train, n_val, cfg.seed) if n_val else (full_train, None)
     if len(train.labels) < ctx.world:  # every rank needs at least one image per epoch
         raise UserError(f"--val-size {cfg.val_size} leaves {len(train.labels)} training images for "
                         f"{ctx.world} processes; lower it")
@@ -174,8 +201,13 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=shard)
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
     test_batches = DeviceBatches(test, per_rank, device, **eval_kw)
+    cache_seconds = None  # computing the frozen backbone's features once is counted in the first epoch
     if cfg.freeze and not cfg.augment:
+        t0 = time.perf_counter()
         train = backbone_features(model, train, per_rank, channels_last, amp_dtype(cfg.amp, device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        cache_seconds = time.perf_counter() - t0
     train_batches = DeviceBatches(train, per_rank, device, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                                   channels_last=channels_last, shard=shard)
     optimizer = optimizer_for(model, cfg)
@@ -200,6 +232,38 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    try:
+        history, scores = epochs_and_test(cfg, ctx, stepper, out, history, start_epoch, cache_seconds,
+                                          train_batches, val_batches, test_batches, test.class_names)
+    except KeyboardInterrupt:
+        if len(history) > start_epoch or cfg.resume:  # this run's checkpoint is there
+            raise KeyboardInterrupt(f"{out}/checkpoint.pt keeps the run up to its last finished epoch; continue "
+                                    f"it with: python train/finetune.py --resume --out {out}") from None
+        raise KeyboardInterrupt("no epoch had finished, nothing was saved") from None
+    peak = peak_memory_bytes(device)
+    metrics = {
+        "regime": cfg.regime, **scores, "epochs": history,
+        "trainable_parameters": trainable_parameters(model), "peak_memory_bytes": peak,
+        "step_memory_bytes": step_memory, "device": str(device), "world_size": ctx.world,
+        "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last,
+        "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
+        "learning_rates": learning_rates(optimizer, model), "feature_cache_seconds": cache_seconds,
+        "config": asdict(cfg),
+    }
+    ctx.print(f"test loss {scores['test_loss']:.4f}  test accuracy {scores['test_accuracy']:.4f}  "
+              f"top-5 {scores['test_top5']:.4f}  "
+              f"(peak memory {'unknown' if peak is None else f'{peak / 2**20:.0f} MiB'}, "
+              f"step memory {'not measured' if step_memory is None else f'{step_memory / 2**20:.0f} MiB'})")
+    if ctx.main:
+        write_run(out, model, metrics, names_from=cfg.init_from or cfg.weights)
+        ctx.print(f"wrote {out}/model.pt, metrics.json, metrics.csv, curves.png")
+    return metrics
+
+
+def epochs_and_test(cfg, ctx, stepper, out, history, start_epoch, cache_seconds, train_batches, val_batches,
+                    test_batches, class_names) -> tuple[list, dict]:
+    """The epochs from ``start_epoch`` on (a checkpoint after each), then the test set's scores."""
+    device, optimizer = ctx.device, stepper.optimizer
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
@@ -207,32 +271,16 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
                                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=ctx.main)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + (cache_seconds if epoch == start_epoch and cache_seconds else 0)
         val_loss, val_acc = evaluate(stepper, val_batches) if val_batches else (None, None)
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                    lr=lr, seconds=seconds, images_per_sec=train_batches.per_rank() * ctx.world / seconds)
         history.append(row)
         ctx.print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                   + (f"val loss {val_loss:.4f} acc {val_acc:.4f}  " if val_batches else "")
-                  + f"lr {lr:.2e}  {seconds:.1f}s "
-                  f"{row['images_per_sec']:.0f} img/s")
+                  + f"lr {lr:.2e}  {seconds:.1f}s {row['images_per_sec']:.0f} img/s"
+                  + (f" (with computing the backbone features once, {cache_seconds:.1f}s)"
+                     if epoch == start_epoch and cache_seconds else " (on cached features)" if cache_seconds else ""))
         if ctx.main:
             save_checkpoint(out / "checkpoint.pt", stepper, epoch=epoch, history=history, cfg=cfg)
-
-    test_loss, test_acc = evaluate(stepper, test_batches)
-    peak = peak_memory_bytes(device)
-    metrics = {
-        "regime": cfg.regime, "test_accuracy": test_acc, "test_loss": test_loss, "epochs": history,
-        "trainable_parameters": trainable_parameters(model), "peak_memory_bytes": peak,
-        "step_memory_bytes": step_memory, "device": str(device), "world_size": ctx.world,
-        "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last,
-        "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
-        "config": asdict(cfg),
-    }
-    ctx.print(f"test loss {test_loss:.4f}  test accuracy {test_acc:.4f}  "
-              f"(peak memory {'unknown' if peak is None else f'{peak / 2**20:.0f} MiB'}, "
-              f"step memory {'not measured' if step_memory is None else f'{step_memory / 2**20:.0f} MiB'})")
-    if ctx.main:
-        write_run(out, model, metrics, names_from=cfg.init_from or cfg.weights)
-        ctx.print(f"wrote {out}/model.pt, metrics.json, metrics.csv, curves.png")
-    return metrics
+    return history, scores_of(stepper, test_batches, class_names)

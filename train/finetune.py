@@ -5,15 +5,25 @@
     python train/finetune.py              # all convolutions train, BatchNorm frozen, very low lr
 
 Outputs in --out (default runs/freeze or runs/full): model.pt, metrics.json, metrics.csv,
-curves.png, checkpoint.pt (after every epoch; --resume continues from it).
+curves.png, checkpoint.pt (after every epoch). A stopped run continues with its own options:
+
+    python train/finetune.py --resume --out runs/full
 """
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
 from torch_resnet import train  # noqa: E402
+from torch_resnet.checkpoint import resume_config  # noqa: E402
 from torch_resnet.config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig  # noqa: E402
+
+
+def val_size(text: str) -> float:
+    """A fraction below 1, or a whole number of images."""
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -34,12 +44,14 @@ def parse_args(argv=None) -> TrainConfig:
                    f"the head with --freeze, {DEFAULT_LR['full']} for the pretrained layers otherwise)")
     p.add_argument("--head-lr", type=float, default=None, help=f"full regime: the head's rate (default {HEAD_LR} "
                    "for a new head, --lr for a head from --init-from)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default recipe only)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's weight decay (--recipe default only)")
     p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
                    help="default: AdamW, cosine decay; keras: the Keras notebook's loop (Keras' Adam rule, "
                         "constant --lr for every trained tensor, Keras Dense head init), see README")
-    p.add_argument("--val-size", type=int, default=d.val_size,
-                   help="training images held out for validation (0: none, train on all)")
+    p.add_argument("--val-size", type=val_size, default=d.val_size,
+                   help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
+                        "0: none, train on all")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -53,10 +65,16 @@ def parse_args(argv=None) -> TrainConfig:
                         "off by default: measured no faster on CPU, unstable gains on an H100 (README)")
     p.add_argument("--step-memory", action="store_true",
                    help="measure one training step's memory before training (one extra step, undone)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with the "
+                   "options it was started with (--resume --out DIR is enough)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss read-backs")
-    return TrainConfig(**vars(p.parse_args(argv)))
+    args = vars(p.parse_args(argv))
+    if not args["resume"]:
+        return TrainConfig(**args)
+    for action in p._actions:  # parsed again without defaults: only the options given remain
+        action.default = argparse.SUPPRESS
+    return resume_config(vars(p.parse_args(argv)))
 
 
 @cli
