@@ -5,6 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from torch_resnet import train as trainer
+from torch_resnet.config import TrainConfig
+from torch_resnet.convert import convert_pickle
+from torch_resnet.data import CIFAR10
+from torch_resnet.synthetic import write_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
@@ -57,16 +64,25 @@ def keras_fixtures(tmp_path_factory):
     return out
 
 
+def converted(keras_fixtures, scheme, folder):
+    """The fixture pickle ``scheme`` converted into ``folder``; returns the state dict's path."""
+    convert_pickle(keras_fixtures / f"{scheme}.pkl", folder / f"{scheme}.pt")
+    return folder / f"{scheme}.pt"
+
+
+def ten_class_state(pt_path, seed=0):
+    """A converted 100-class state dict with a seeded random 10-class head (as fine-tuning makes)."""
+    state = torch.load(pt_path, weights_only=True)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(256, 10)
+    return {**state, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
+
+
 @pytest.fixture(scope="session")
 def setup(keras_fixtures, tmp_path_factory):
     """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests."""
-    from torch_resnet.convert import convert_pickle
-    from torch_resnet.data import CIFAR10
-    from torch_resnet.synthetic import write_cifar
-
     root = tmp_path_factory.mktemp("finetune")
-    weights = root / "weights.pt"
-    convert_pickle(keras_fixtures / "keras3.pkl", weights)
+    weights = converted(keras_fixtures, "keras3", root)
     write_cifar(root / "data", CIFAR10, train_size=160, test_size=80, seed=5)
     return root, weights
 
@@ -77,11 +93,6 @@ SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, device="cpu", amp="of
 
 def train(setup, out, **kw):
     """A fine-tuning run on the small data set, in process: (metrics, weights before, weights after)."""
-    import torch
-
-    from torch_resnet import train as trainer
-    from torch_resnet.config import TrainConfig
-
     root, weights = setup
     cfg = TrainConfig(weights=str(kw.pop("weights", weights)), data_dir=str(root / "data"), out=str(out),
                       **{**SMALL, **kw})

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIGURES, run_script
-from test_export import assert_one_line_error, call_script, converted, ten_class_state
+from conftest import FIGURES, assert_refused, call_script, converted, run_script, ten_class_state
 from torch_resnet import ResidualNetwork
 from torch_resnet.data import CIFAR10, CIFAR100
 from torch_resnet.synthetic import write_cifar
@@ -70,17 +69,18 @@ def check_outputs(out, fmt, pt, data_dir):
     return report
 
 
-def test_cifar100_converted_weights_agree_with_keras(keras_fixtures, weights, data_dir, tmp_path):
+def test_cifar100_converted_weights_agree_with_keras(keras_fixtures, weights, data_dir, tmp_path, capsys):
     start = time.perf_counter()
-    r = run_script(EVALUATE, "--weights", weights[100], "--data-dir", data_dir, "--out", tmp_path / "ev",
-                   "--batch-size", 64, "--device", "cpu", "--keras", keras_fixtures / "keras3_seed_numbering.pkl")
+    rc, stdout, err = call_script(capsys, EVALUATE, "--weights", weights[100], "--data-dir", data_dir,
+                                  "--out", tmp_path / "ev", "--batch-size", 64, "--device", "cpu",
+                                  "--keras", keras_fixtures / "keras3_seed_numbering.pkl")
     seconds = time.perf_counter() - start
-    assert r.returncode == 0, r.stderr
-    assert "top-1" in r.stdout and "worst classes" in r.stdout and "argmax agreement 100.00%" in r.stdout
+    assert rc == 0, err
+    assert "top-1" in stdout and "worst classes" in stdout and "argmax agreement 100.00%" in stdout
     report = check_outputs(tmp_path / "ev", CIFAR100, weights[100], data_dir)
     k = report["keras"]
-    FIGURES.append(("evaluate cifar100 + --keras", f"{report['n_images']} images in {seconds:.1f} s (script, "
-                                                   f"CPU); Keras agreement {k['agreement']:.4f}, "
+    FIGURES.append(("evaluate cifar100 + --keras", f"{report['n_images']} images in {seconds:.1f} s (in "
+                                                   f"process, CPU); Keras agreement {k['agreement']:.4f}, "
                                                    f"max|dlogit| {k['max_abs_dlogit']:.2e}"))
     assert k["agreement"] == 1.0 and k["max_abs_dlogit"] <= 1e-4 and k["top1"] == report["top1"]
 
@@ -96,56 +96,53 @@ def test_cifar10_ten_class_head_picks_cifar10(weights, data_dir, tmp_path, capsy
     FIGURES.append(("evaluate cifar10 (in process)", f"{N_TEST['cifar10']} images in {seconds:.1f} s (CPU)"))
 
 
-def assert_refused(capsys, tmp_path, needles, *args):
-    out = tmp_path / "ev"
-    rc, _, err = call_script(capsys, EVALUATE, *args, "--out", out)
-    assert_one_line_error(rc, err, *needles)
-    assert not out.exists()
+def refused(capsys, tmp_path, needles, *args):
+    rc, _, err = call_script(capsys, EVALUATE, *args, "--out", tmp_path / "ev")
+    assert_refused(rc, err, *needles, nothing_in=tmp_path / "ev")
 
 
 def test_refusal_from_the_real_script(tmp_path, data_dir):
     r = run_script(EVALUATE, "--weights", tmp_path / "nope.pt", "--data-dir", data_dir, "--out", tmp_path / "ev")
-    assert_one_line_error(r.returncode, r.stderr, "nope.pt not found")
-    assert not (tmp_path / "ev").exists()
+    assert_refused(r.returncode, r.stderr, "nope.pt not found", nothing_in=tmp_path)
 
 
 def test_refuses_bad_weights(tmp_path, data_dir, weights, capsys):
     (tmp_path / "text.pt").write_text("hello\n")
-    assert_refused(capsys, tmp_path, ["not a PyTorch state dict"], "--weights", tmp_path / "text.pt",
+    refused(capsys, tmp_path, ["not a PyTorch state dict"], "--weights", tmp_path / "text.pt",
                    "--data-dir", data_dir)
     torch.save({"a": torch.zeros(3)}, tmp_path / "other.pt")
-    assert_refused(capsys, tmp_path, ["not a ResidualNetwork state dict"], "--weights", tmp_path / "other.pt",
+    refused(capsys, tmp_path, ["not a ResidualNetwork state dict"], "--weights", tmp_path / "other.pt",
                    "--data-dir", data_dir)
     state = torch.load(weights[100], weights_only=True)
     torch.save({**state, "head.weight": state["head.weight"][:37], "head.bias": state["head.bias"][:37]},
                tmp_path / "w37.pt")
-    assert_refused(capsys, tmp_path, ["37 classes", "no CIFAR dataset"], "--weights", tmp_path / "w37.pt",
+    refused(capsys, tmp_path, ["37 classes", "no CIFAR dataset"], "--weights", tmp_path / "w37.pt",
                    "--data-dir", data_dir)
     var = state["backbone.blocks.2.bn1.running_var"].clone()
     var[0] = -1.0  # finite weights that give NaN: no report with a NaN loss is written
     torch.save({**state, "backbone.blocks.2.bn1.running_var": var}, tmp_path / "negvar.pt")
-    assert_refused(capsys, tmp_path, ["non-finite logits"], "--weights", tmp_path / "negvar.pt",
+    refused(capsys, tmp_path, ["non-finite logits"], "--weights", tmp_path / "negvar.pt",
                    "--data-dir", data_dir)
 
 
 def test_refuses_class_count_mismatch(tmp_path, data_dir, weights, keras_fixtures, capsys):
-    assert_refused(capsys, tmp_path, ["100 classes", "cifar10 has 10", "--dataset cifar100"],
+    refused(capsys, tmp_path, ["100 classes", "cifar10 has 10", "--dataset cifar100"],
                    "--weights", weights[100], "--dataset", "cifar10", "--data-dir", data_dir)
-    assert_refused(capsys, tmp_path, ["keras3.pkl", "100 classes", "the weights have 10"], "--weights", weights[10],
+    refused(capsys, tmp_path, ["keras3.pkl", "100 classes", "the weights have 10"], "--weights", weights[10],
                    "--data-dir", data_dir, "--keras", keras_fixtures / "keras3.pkl")
 
 
 def test_refuses_incomplete_or_corrupt_data(tmp_path, data_dir, weights, capsys):
     args = ("--weights", weights[100], "--data-dir", tmp_path / "d")
-    assert_refused(capsys, tmp_path, ["cifar100 not found", "no network download"], *args, "--no-download")
+    refused(capsys, tmp_path, ["cifar100 not found", "no network download"], *args, "--no-download")
     shutil.copytree(data_dir / CIFAR100.folder, tmp_path / "d" / CIFAR100.folder)
     test_file = tmp_path / "d" / CIFAR100.folder / "test"
     with open(test_file, "rb") as f:
         batch = pickle.load(f, encoding="bytes")
     test_file.unlink()
-    assert_refused(capsys, tmp_path, ["incomplete", "test is missing"], *args)
+    refused(capsys, tmp_path, ["incomplete", "test is missing"], *args)
     with open(test_file, "wb") as f:
         pickle.dump({**batch, b"data": batch[b"data"].astype(np.float32)}, f, protocol=2)
-    assert_refused(capsys, tmp_path, ["'data' must be uint8", "float32"], *args)
+    refused(capsys, tmp_path, ["'data' must be uint8", "float32"], *args)
     test_file.write_bytes(b"\x80\x02}q\x00(")  # a truncated pickle
-    assert_refused(capsys, tmp_path, ["not a readable pickle"], *args)
+    refused(capsys, tmp_path, ["not a readable pickle"], *args)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIGURES, run_script
+from conftest import FIGURES, call_script
 from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.convert import convert_pickle
 from torch_resnet.model import Conv2dSame
@@ -42,13 +42,14 @@ def test_logits_and_features_match_keras(keras_fixtures, scheme, tmp_path):
     assert (ours.argmax(1) == logits.argmax(1)).all()
 
 
-def test_cli_converts_and_reports_every_tensor(keras_fixtures, tmp_path):
+def test_converter_reports_every_tensor(keras_fixtures, tmp_path, capsys):
     out = tmp_path / "seed.pt"
-    r = run_script("convert/keras_pickle_to_pt.py", keras_fixtures / "keras3_seed_numbering.pkl", "-o", out, "-v")
-    assert r.returncode == 0, r.stderr
-    assert "sequential_3/residual_block_9/conv2d_23/kernel  (3, 3, 16, 64)  ->  backbone.blocks.0.conv1.weight" in r.stdout
-    assert "sequential_3/dense_1/kernel  (256, 100)  ->  head.weight" in r.stdout
-    assert "residual_block_17" in r.stdout and "converted 100 Keras tensors (100 classes)" in r.stdout
+    rc, stdout, err = call_script(capsys, "convert/keras_pickle_to_pt.py", keras_fixtures / "keras3_seed_numbering.pkl",
+                                  "-o", out, "-v")
+    assert rc == 0, err
+    assert "sequential_3/residual_block_9/conv2d_23/kernel  (3, 3, 16, 64)  ->  backbone.blocks.0.conv1.weight" in stdout
+    assert "sequential_3/dense_1/kernel  (256, 100)  ->  head.weight" in stdout
+    assert "residual_block_17" in stdout and "converted 100 Keras tensors (100 classes)" in stdout
     state = torch.load(out, weights_only=True)
     ResidualNetwork(100).load_state_dict(state, strict=True)
 
