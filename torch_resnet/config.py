@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UserError
@@ -83,3 +83,19 @@ class TrainConfig:
 def option(field: str) -> str:
     """The command-line spelling of a field: ``batch_size`` -> ``--batch-size``."""
     return "--" + field.replace("_", "-")
+
+
+def command_line(cfg: TrainConfig) -> list[str]:
+    """train/finetune.py's arguments for ``cfg``: the options that differ from the defaults."""
+    default, args = TrainConfig(), []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if f.name in ("augment", "download", "channels_last") and value is False:
+            args.append(option(f.name).replace("--", "--no-"))
+        elif value is True or f.name == "compile" and value == "default":
+            args.append(option(f.name))
+        elif value is not None:
+            args += [option(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+    return args

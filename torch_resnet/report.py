@@ -203,7 +203,8 @@ def differences(runs: list[Run]) -> list[str]:
             + (f"{b['step_memory_bytes'] / max(a['step_memory_bytes'], 1):,.2f}x the step memory; "
                if a["step_memory_bytes"] and b["step_memory_bytes"] else "")
             + f"largest class gain {gains[-1][1]} {100 * gains[-1][0]:+.2f} points, "
-            f"largest loss {gains[0][1]} {100 * gains[0][0]:+.2f} points.")
+            + (f"largest loss {gains[0][1]} {100 * gains[0][0]:+.2f} points." if gains[0][0] < 0
+               else "no class lost accuracy."))
     return lines
 
 
@@ -217,7 +218,11 @@ def blocks(runs: list[Run]) -> list[tuple]:
                  "of each run; validation split held out from the training images)."),
            ("table", ["", *labels], summary_rows(runs))]
     if len(runs) > 1:
-        out += [("h2", "Differences"), ("ul", differences(runs))]
+        out += [("h2", "Differences"), ("ul", differences(runs)),
+                ("p", "What to look at: trainable parameters, seconds per epoch and memory are each regime's cost; "
+                      "the gap between final train and validation accuracy shows over-fitting; the per-class bars "
+                      "and the confusion matrices show which classes adapting the features helps, and which "
+                      "classes each regime confuses.")]
     for file, (title, _) in FIGURES.items():
         out += [("h2", title), ("img", file, title)]
         if file == "per_class.png":

@@ -43,7 +43,7 @@ def per_class_figure(runs) -> Figure:
     x = np.arange(n)
     for i, r in enumerate(runs):
         acc = [r.metrics["test_per_class"][c] for c in names]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, [a if a is not None else 0 for a in acc], width,
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, [a if a is not None else np.nan for a in acc], width,
                label=f"{r.label} (top-1 {r.metrics['test_accuracy']:.1%})")
     ax.set_xticks(x, names, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
                   fontsize=10 if n <= 20 else 6)
