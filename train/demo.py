@@ -119,12 +119,13 @@ def next_steps(weights: Path, data_dir: Path, results: list[dict], real: bool) -
     print(f"  {shell('train/finetune.py', ['--freeze', *own_weights, *own_data, '--out', 'runs/freeze'])}")
     print(f"  {shell('train/finetune.py', ['--init-from', 'runs/freeze/model.pt', *own_data, '--out', 'runs/full'])}")
     print(f"  {shell('train/report.py', ['runs/freeze', 'runs/full', '-o', 'report'])}")
-    print(f"  (a stopped run continues with {shell('train/finetune.py', ['--resume', '--out', 'runs/full'])})")
+    print(f"a stopped run (Ctrl-C) continues where it was with\n  "
+          f"{shell('train/finetune.py', ['--resume', '--out', 'runs/full'])}")
     if not real:
-        print(f"for the course's results: put its pickle at {DEFAULT_PICKLE} and run "
-              f"{shell('convert/keras_pickle_to_pt.py', [])}; CIFAR-10 is downloaded into data/ by the first "
-              f"training run (or extract cifar-10-python.tar.gz there); then the commands above without "
-              f"--weights and --data-dir")
+        print(f"for the course's results: put its pickle at {DEFAULT_PICKLE}, convert it with\n  "
+              f"{shell('convert/keras_pickle_to_pt.py', [])}\nand run the commands above without --weights and "
+              f"--data-dir (the first training run downloads CIFAR-10 into data/; offline, extract "
+              f"cifar-10-python.tar.gz there)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""train/demo.py end to end on a small stand-in: the commands it prints are the ones it ran, its
+report is written, and the next commands it prints work on its own files."""
+import json
+import shlex
+
+import torch
+
+from conftest import call_script
+
+
+def printed_commands(stdout: str) -> list[list[str]]:
+    """Every command line the demo printed (after "$ " or indented), as (script, args...)."""
+    commands = []
+    for line in stdout.splitlines():
+        line = line.split("$ ", 1)[-1].strip()
+        if line.startswith("python ") or line.startswith(".venv/bin/python "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
+    rc, out, err = call_script(capsys, "train/demo.py", "--epochs-freeze", "1", "--epochs-full", "1",
+                               "--stand-in-images", "150")
+    assert rc == 0, err
+    report = tmp_path / "demo" / "report" / "report.md"
+    assert f"{report.relative_to(tmp_path)} and {report.with_suffix('.html').relative_to(tmp_path)}" in out
+    assert (tmp_path / "demo" / "report" / "confusion.png").is_file()
+    freeze, full, report_cmd, *next_steps = printed_commands(out)
+    assert freeze[:2] == ["train/finetune.py", "--freeze"] and "--lr" in freeze and report_cmd[0] == "train/report.py"
+    assert [c[0] for c in next_steps] == ["train/finetune.py", "train/finetune.py", "train/report.py",
+                                          "train/finetune.py", "convert/keras_pickle_to_pt.py"]
+
+    # The printed freeze command, run again, gives the demo's own run exactly.
+    before = json.loads((tmp_path / "demo" / "freeze" / "metrics.json").read_text())
+    model = torch.load(tmp_path / "demo" / "freeze" / "model.pt", weights_only=True)
+    rc, _, err = call_script(capsys, *freeze)
+    assert rc == 0, err
+    again = json.loads((tmp_path / "demo" / "freeze" / "metrics.json").read_text())
+    assert again["test_accuracy"] == before["test_accuracy"] and again["config"] == before["config"]
+    assert all(torch.equal(v, torch.load(tmp_path / "demo" / "freeze" / "model.pt", weights_only=True)[k])
+               for k, v in model.items())
+
+    # The next steps work on the demo's files as printed (one epoch each here, to keep it short).
+    for command in next_steps[:2]:
+        rc, _, err = call_script(capsys, *command, "--epochs", "1")
+        assert rc == 0, (command, err)
+    rc, _, err = call_script(capsys, *next_steps[2])
+    assert rc == 0 and (tmp_path / "report" / "report.html").is_file(), err
+    metrics = json.loads((tmp_path / "runs" / "freeze" / "metrics.json").read_text())
+    assert metrics["val_images"] == 15 and metrics["train_images"] == 135  # the default tenth held out
+    assert metrics["learning_rates"]["head"] == 1e-3  # the trainer's default, as the README says
