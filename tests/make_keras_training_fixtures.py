@@ -30,8 +30,8 @@ keras = km.keras
 import tensorflow as tf  # noqa: E402
 
 
-def scale(images):  # the course's input scaling, as the PyTorch side does it
-    return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+def scale(images):  # the course's input scaling: x / 127.5 - 1 in float32
+    return images.astype(np.float32) / np.float32(127.5) - np.float32(1)
 
 
 def set_regime(model, regime):

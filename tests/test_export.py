@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FIGURES, ROOT, assert_refused, call_script, converted, run_script, ten_class_state
-from torch_resnet import ResidualNetwork
+from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.convert import convert_pickle
 from torch_resnet.files import names_sidecar
 from torch_resnet.keras_map import default_keras_names
@@ -66,15 +66,16 @@ def test_ten_class_export_in_keras3_names_runs_in_keras(keras_fixtures, tmp_path
     assert all(torch.equal(again[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
 
     images = np.random.default_rng(5).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
-    np.save(tmp_path / "images.npy", images)
+    x = images_to_input(torch.from_numpy(images))
+    np.save(tmp_path / "inputs.npy", x.permute(0, 2, 3, 1).numpy())  # Keras' layout
     k = subprocess.run([sys.executable, "-m", "torch_resnet.keras_predict", tmp_path / "ten.pkl",
-                        tmp_path / "images.npy", tmp_path / "logits.npy"], capture_output=True, text=True,
+                        tmp_path / "inputs.npy", tmp_path / "logits.npy"], capture_output=True, text=True,
                        timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert k.returncode == 0, k.stderr[-3000:]
     model = ResidualNetwork(10).eval()
     model.load_state_dict(state)
     with torch.no_grad():
-        ours = model(torch.from_numpy(images).float() / 127.5 - 1).numpy()
+        ours = model(x).numpy()
     keras = np.load(tmp_path / "logits.npy")
     d = np.abs(ours - keras).max()
     FIGURES.append(("export 10-class, Keras 3 names, real Keras", f"max|dlogit| {d:.2e} "

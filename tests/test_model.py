@@ -51,6 +51,8 @@ def test_images_to_input_scales_to_minus_one_one_in_nchw():
     assert x.shape == (2, 3, 4, 4)
     assert x[0, :, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1])
     assert torch.equal(images_to_input(images.permute(0, 3, 1, 2).contiguous()), x)
+    fast = images_to_input(images, channels_last=True)  # the layout the trainer feeds on CUDA and CPU
+    assert torch.equal(fast, x) and fast.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_inference_path_equals_training_path():

@@ -27,10 +27,10 @@ from torch import nn
 from conftest import FIGURES, ROOT
 from torch_resnet.config import TrainConfig
 from torch_resnet.convert import convert_pickle, keras_to_state_dict
-from torch_resnet.data import CIFAR10, CifarSplit, DeviceBatches, load_cifar, to_model_input
+from torch_resnet.data import CIFAR10, CifarSplit, DeviceBatches, load_cifar
 from torch_resnet.keras_map import keras_to_torch_layout, keras_variable_of
 from torch_resnet.keras_recipe import KerasAdam, keras_dense
-from torch_resnet.model import FEATURES
+from torch_resnet.model import FEATURES, images_to_input
 from torch_resnet.regimes import prepare_model
 from torch_resnet.synthetic import write_cifar
 
@@ -87,7 +87,7 @@ def config(ref, regime, **kw):
 
 
 def first_batch(ref):
-    x = to_model_input(torch.from_numpy(ref.inputs["images"][0]).permute(0, 3, 1, 2))
+    x = images_to_input(torch.from_numpy(ref.inputs["images"][0]))  # NHWC, as Keras had them
     return x, torch.from_numpy(ref.inputs["labels"][0]).long()
 
 
@@ -245,7 +245,7 @@ def test_step_check_fails_with_torch_adam(ref):
     model = prepare_model(config(ref, "freeze"))
     split = load_cifar(ref.root / "data", CIFAR10, "train", download=False)
     with torch.no_grad():
-        features = model.backbone(to_model_input(split.images))
+        features = model.backbone(images_to_input(split.images))
     head0 = {k: v.clone() for k, v in model.head.state_dict().items()}
     worst = {}
     for name, make in [("KerasAdam", KerasAdam), ("torch.optim.Adam", lambda p, lr: torch.optim.Adam(p, lr, eps=1e-7))]:

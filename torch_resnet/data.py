@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .model import images_to_input
 from .safe_pickle import safe_load
 
 
@@ -128,12 +129,6 @@ def split_train_val(data: CifarSplit, val_size: int, seed: int) -> tuple[CifarSp
             CifarSplit(data.images[val], data.labels[val], data.class_names))
 
 
-def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NCHW -> float in [-1, 1] (the network's input scaling)."""
-    x = images.float().mul_(1 / 127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 class DeviceBatches:
     """A whole split on one device as uint8; batches shuffled and augmented there.
 
@@ -194,7 +189,7 @@ class DeviceBatches:
             for start in range(0, len(idx), self.batch_size):
                 batch = images[start:start + self.batch_size]
                 if batch.dtype == torch.uint8:  # float tensors (cached features) pass as they are
-                    batch = to_model_input(batch, self.channels_last)
+                    batch = images_to_input(batch, self.channels_last)
                 yield batch, labels[start:start + self.batch_size]
 
     @staticmethod

@@ -1,11 +1,12 @@
 """Logits of the Keras reference model, computed in a child process.
 
-    python -m torch_resnet.keras_predict WEIGHTS.pkl IMAGES.npy OUT.npy [--shortcut-from-raw]
+    python -m torch_resnet.keras_predict WEIGHTS.pkl INPUTS.npy OUT.npy [--shortcut-from-raw]
 
 WEIGHTS.pkl: Keras arrays in fresh Keras 3 naming (``default_keras_names``, as written by
 ``convert/pt_to_keras_pickle.py --keras3-names``), loaded by exact ``Variable.path`` into
-``keras_model.build(num_classes)`` in a new session. IMAGES.npy: uint8 N x 3 x 32 x 32 (CIFAR's
-NCHW). OUT.npy: float32 N x num_classes, inference mode.
+``keras_model.build(num_classes)`` in a new session. INPUTS.npy: float32 N x 32 x 32 x 3, the
+network's input in Keras' layout (``model.images_to_input``, then NHWC): both frameworks get the
+very same numbers. OUT.npy: float32 N x num_classes, inference mode.
 
 TensorFlow and PyTorch computing in one process get in each other's way (threads, memory), so
 the torch side calls ``keras_logits``, which runs this module with ``python -m``.
@@ -20,8 +21,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import ArgumentParser, UserError, cli
+from .model import images_to_input
 from .safe_pickle import load_array_dict
 
 
@@ -31,8 +34,8 @@ def keras_logits(arrays: dict[str, np.ndarray], images: np.ndarray, shortcut_fro
     with tempfile.TemporaryDirectory(prefix="keras_predict_") as tmp:
         tmp = Path(tmp)
         (tmp / "weights.pkl").write_bytes(pickle.dumps(arrays, protocol=4))
-        np.save(tmp / "images.npy", images)
-        cmd = [sys.executable, "-m", __name__, tmp / "weights.pkl", tmp / "images.npy", tmp / "logits.npy",
+        np.save(tmp / "inputs.npy", images_to_input(torch.from_numpy(images)).permute(0, 2, 3, 1).numpy())
+        cmd = [sys.executable, "-m", __name__, tmp / "weights.pkl", tmp / "inputs.npy", tmp / "logits.npy",
                "--batch-size", str(batch_size)] + ["--shortcut-from-raw"] * shortcut_from_raw
         root = str(Path(__file__).resolve().parents[1])  # importable without an install
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -48,15 +51,15 @@ def keras_logits(arrays: dict[str, np.ndarray], images: np.ndarray, shortcut_fro
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights")
-    p.add_argument("images")
+    p.add_argument("inputs")
     p.add_argument("out")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shortcut-from-raw", action="store_true")
     args = p.parse_args(argv)
     arrays = load_array_dict(args.weights)
-    images = np.load(args.images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-        raise UserError(f"{args.images}: expected uint8 N x 3 x 32 x 32 images, got {images.dtype} {images.shape}")
+    x = np.load(args.inputs)
+    if x.dtype != np.float32 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise UserError(f"{args.inputs}: expected float32 N x 32 x 32 x 3 inputs, got {x.dtype} {x.shape}")
     kernels = [a for a in arrays.values() if a.ndim == 2]  # the Dense kernel, (256, classes)
     if len(kernels) != 1:
         raise UserError(f"{args.weights}: expected exactly one Dense kernel, found {len(kernels)}")
@@ -74,7 +77,6 @@ def main(argv=None):
         km.load_weights_dict(model, arrays)
     except ValueError as e:
         raise UserError(f"{args.weights}: {' '.join(str(e).split())[:200]}") from None
-    x = images.transpose(0, 2, 3, 1).astype(np.float32) * np.float32(1 / 127.5) - 1  # as to_model_input, NHWC
     logits = [np.asarray(model(x[i:i + args.batch_size], training=False)) for i in range(0, len(x), args.batch_size)]
     np.save(args.out, np.concatenate(logits).astype(np.float32))
     return 0

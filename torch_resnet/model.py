@@ -107,18 +107,17 @@ class ResidualNetwork(nn.Module):
         return self.head(self.backbone(x))
 
 
-def images_to_input(images: torch.Tensor, channels_last_input: bool | None = None) -> torch.Tensor:
-    """uint8 images (NHWC as stored by CIFAR/Keras, or NCHW) -> float NCHW in [-1, 1].
-
-    The layout is taken from where the 3 colour channels are unless given explicitly.
-    """
+def images_to_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The network's input scaling, the one the whole project uses (training, evaluation, the
+    Keras runs): uint8 images, NCHW as CIFAR stores them or NHWC as Keras takes them (told apart
+    by where the 3 colour channels are), -> float NCHW in [-1, 1]; with ``channels_last`` in
+    that memory format."""
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
-    if channels_last_input is None:
-        channels_last_input = images.shape[-1] == 3 and images.shape[1] != 3
-    if channels_last_input:
+    if images.shape[-1] == 3 and images.shape[1] != 3:
         images = images.permute(0, 3, 1, 2)
-    return images.float().div_(127.5).sub_(1.0)
+    x = images.float().div_(127.5).sub_(1.0)  # as the course (and Keras) scales: x / 127.5 - 1
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
