@@ -16,11 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from torch_resnet import ResidualNetwork, images_to_input, train  # noqa: E402
-from torch_resnet.config import TrainConfig  # noqa: E402
+from torch_resnet.config import TrainConfig, command_line  # noqa: E402
 from torch_resnet.convert import convert_pickle, state_dict_to_keras  # noqa: E402
 from torch_resnet.data import CIFAR10, load_cifar  # noqa: E402
-from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
 from torch_resnet.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT, atomic_write  # noqa: E402
+from torch_resnet.report import write_report  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
 
 DEMO = Path("demo")
@@ -40,22 +41,40 @@ def stand_in_pickle(data_dir: Path, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
 
 
+def python() -> str:
+    """How to call this interpreter from here: .venv/bin/python when it is the project's venv."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return "python"
+
+
+def shell(script: str, args: list[str]) -> str:
+    return " ".join([python(), script, *(a if a and " " not in a else repr(a) for a in args)])
+
+
 @cli
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs-freeze", type=int, default=3)
-    p.add_argument("--epochs-full", type=int, default=2)
+    p.add_argument("--epochs-freeze", type=int, default=3, help="epochs of the frozen-backbone run")
+    p.add_argument("--epochs-full", type=int, default=2, help="epochs of the full fine-tuning run")
+    p.add_argument("--stand-in-images", type=int, default=1200,
+                   help="training images of the stand-in data set (made when data/ holds no CIFAR-10)")
     args = p.parse_args(argv)
+    if args.stand_in_images < 20:
+        raise UserError(f"--stand-in-images must be at least 20, got {args.stand_in_images}")
 
     real_data = (Path("data") / CIFAR10.folder).is_dir()
     data_dir = Path("data") if real_data else DEMO / "data"
     if not real_data:
-        write_cifar(data_dir, CIFAR10, train_size=1200, test_size=400, seed=0)
+        write_cifar(data_dir, CIFAR10, train_size=args.stand_in_images, test_size=args.stand_in_images // 3, seed=0)
         print(f"[data] no data/{CIFAR10.folder}: wrote a small learnable stand-in in CIFAR-10 format to {data_dir}")
     else:
         print(f"[data] using the real CIFAR-10 in data/{CIFAR10.folder}")
 
-    if DEFAULT_PICKLE.is_file():
+    real_weights = DEFAULT_PICKLE.is_file()
+    if real_weights:
         pickle_path, weights = DEFAULT_PICKLE, DEFAULT_STATE_DICT
         print(f"[weights] converting the course pickle {DEFAULT_PICKLE}")
     else:
@@ -65,24 +84,48 @@ def main(argv=None):
     arrays, mapping = convert_pickle(pickle_path, weights)
     print(f"[convert] {len(arrays)} Keras tensors -> {weights} ({mapping.num_classes} classes)")
 
-    val = 200 if not real_data else 5000
-    common = dict(weights=str(weights), data_dir=str(data_dir), val_size=val, overwrite=True, download=False,
-                  batch_size=100 if not real_data else 256)
-    print("\n[1/2] frozen backbone, new head (python train/finetune.py --freeze)")
-    frozen = train.main(TrainConfig(freeze=True, epochs=args.epochs_freeze, out=str(DEMO / "freeze"),
-                             lr=None if real_data else 0.03, **common))
-    print("\n[2/2] full fine-tuning from the frozen run, BatchNorm frozen, very low lr "
-          "(python train/finetune.py --init-from runs/freeze/model.pt)")
-    full = train.main(TrainConfig(freeze=False, epochs=args.epochs_full, out=str(DEMO / "full"),
-                           init_from=str(DEMO / "freeze" / "model.pt"), **common))
-    print(f"\nresults on the {'real' if real_data else 'stand-in'} CIFAR-10 test set: "
-          f"freeze {frozen['test_accuracy']:.3f}, full {full['test_accuracy']:.3f} "
-          f"(outputs in {DEMO}/freeze and {DEMO}/full)")
-    if not real_data or not DEFAULT_PICKLE.is_file():
-        print(f"for the real thing: put the course pickle at {DEFAULT_PICKLE} and extract CIFAR-10 into "
-              f"data/ (or let train/finetune.py download it), then run python convert/keras_pickle_to_pt.py "
-              f"and python train/finetune.py --freeze / python train/finetune.py")
+    # The demo's own choices, all visible in the commands it prints: a short run, and on the
+    # stand-in network (not pretrained) a higher head rate than the default 1e-3 for the course's.
+    common = dict(weights=str(weights), data_dir=str(data_dir), overwrite=True, download=False,
+                  batch_size=256 if real_data else 100)
+    runs = [TrainConfig(freeze=True, epochs=args.epochs_freeze, out=str(DEMO / "freeze"),
+                        lr=None if real_weights else 0.03, **common),
+            TrainConfig(epochs=args.epochs_full, out=str(DEMO / "full"), init_from=str(DEMO / "freeze" / "model.pt"),
+                        **common)]
+    titles = ["frozen backbone, new head", "full fine-tuning from the frozen run's model, BatchNorm frozen"]
+    results = []
+    for i, (cfg, title) in enumerate(zip(runs, titles)):
+        print(f"\n[{i + 1}/2] {title}\n$ {shell('train/finetune.py', command_line(cfg))}")
+        results.append(train.main(cfg))
+    folders = [str(cfg.out_dir) for cfg in runs]
+    report = write_report(folders, DEMO / "report")
+    print(f"\n[report] $ {shell('train/report.py', [*folders, '-o', str(DEMO / 'report')])}")
+    print(f"results on the {'real' if real_data else 'stand-in'} CIFAR-10 test set: freeze "
+          f"{results[0]['test_accuracy']:.1%}, full {results[1]['test_accuracy']:.1%}; both side by side in "
+          f"{report} and {report.with_suffix('.html')} (open it in a browser)")
+    next_steps(weights, data_dir, results, real_weights and real_data)
     return 0
+
+
+def next_steps(weights: Path, data_dir: Path, results: list[dict], real: bool) -> None:
+    """The commands to run next, with the trainer's defaults (10 epochs), on what the demo used."""
+    own_weights = [] if weights == DEFAULT_STATE_DICT else ["--weights", str(weights)]
+    own_data = [] if data_dir == Path("data") else ["--data-dir", str(data_dir)]
+    minutes = [TrainConfig().epochs * r["train_images"] / (sum(e["images_per_sec"] for e in r["epochs"])
+                                                             / len(r["epochs"])) / 60 for r in results]
+    print(f"\nnext: the same two regimes with the trainer's defaults (10 epochs, learning rates in --help) on "
+          f"{'the real weights and data' if real else 'the files the demo used'}; at this machine's speed about "
+          f"{minutes[0]:.0f} and {minutes[1]:.0f} minutes:")
+    print(f"  {shell('train/finetune.py', ['--freeze', *own_weights, *own_data, '--out', 'runs/freeze'])}")
+    print(f"  {shell('train/finetune.py', ['--init-from', 'runs/freeze/model.pt', *own_data, '--out', 'runs/full'])}")
+    print(f"  {shell('train/report.py', ['runs/freeze', 'runs/full', '-o', 'report'])}")
+    print(f"a stopped run (Ctrl-C) continues where it was with\n  "
+          f"{shell('train/finetune.py', ['--resume', '--out', 'runs/full'])}")
+    if not real:
+        print(f"for the course's results: put its pickle at {DEFAULT_PICKLE}, convert it with\n  "
+              f"{shell('convert/keras_pickle_to_pt.py', [])}\nand run the commands above without --weights and "
+              f"--data-dir (the first training run downloads CIFAR-10 into data/; offline, extract "
+              f"cifar-10-python.tar.gz there)")
 
 
 if __name__ == "__main__":
