@@ -37,10 +37,10 @@ PY
 
 B="$PY bench/throughput.py --device cuda --data-dir $W/data --images 50000"
 echo "== throughput, default settings (50,000 images per epoch, batch 256), peer: DataLoader baseline"
-timeout 200 $B --regimes freeze full infer --peer baseline --json $OUT/bench_default.json 2>&1 | tee $OUT/bench_default.log
+timeout 170 $B --regimes freeze full infer --peer baseline --json $OUT/bench_default.json 2>&1 | tee $OUT/bench_default.log
 for mode in default reduce-overhead; do
   echo "== throughput, torch.compile mode=$mode (first: cold cache)"
-  ( time timeout 200 $B --regimes freeze full --peer none --compile $mode --json $OUT/bench_compile_$mode.json ) 2>&1 | tee $OUT/bench_compile_$mode.log
+  ( time timeout 170 $B --regimes freeze full --peer --compile $mode --json $OUT/bench_compile_$mode.json ) 2>&1 | tee $OUT/bench_compile_$mode.log
 done
 [ "${1:-}" = quick ] && { echo "== done (quick)"; exit 0; }
 

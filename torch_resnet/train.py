@@ -36,6 +36,7 @@ class Stepper:
     def __init__(self, model: ResidualNetwork, optimizer, scheduler, cfg: TrainConfig, device: torch.device,
                  world: int = 1):
         self.model, self.optimizer, self.scheduler, self.freeze = model, optimizer, scheduler, cfg.freeze
+        self.cudagraphs = False
         self.autocast_dtype = amp_dtype(cfg.amp, device)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
@@ -50,6 +51,8 @@ class Stepper:
         if cfg.compile:
             mode = None if cfg.compile == "default" else cfg.compile
             backbone, trained = torch.compile(backbone, mode=mode), torch.compile(trained, mode=mode)
+        # CUDA-graph modes reuse their output buffers: each step must say the last one's are done
+        self.cudagraphs = cfg.compile in ("reduce-overhead", "max-autotune")
         self.backbone, self.trained = backbone, trained
 
     def autocast(self):
@@ -64,6 +67,8 @@ class Stepper:
         return self.trained(x)
 
     def step(self, x, y):
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             logits = self.logits(x)
         loss = F.cross_entropy(logits.float(), y)
