@@ -46,7 +46,8 @@ def main(argv=None):
 
     keras.utils.set_random_seed(0)
     model = build(num_classes=10)  # random weights: speed does not depend on the values
-    for layer in model._flatten_layers(include_self=False):
+    blocks = [layer for layer in model.layers if isinstance(layer, keras.Model)]  # the residual blocks
+    for layer in model.layers + [sub for block in blocks for sub in block.layers]:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     if args.regime == "freeze":
