@@ -23,7 +23,8 @@ def main(argv=None):
                                                      "or the input's name with .pt)")
     p.add_argument("--shortcut-from-raw", action="store_true",
                    help="the 1x1 shortcut reads the raw block input (default: the pre-activated one)")
-    p.add_argument("-v", "--verbose", action="store_true", help="list every tensor, not every layer")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list every tensor, not every layer (and every problem of a pickle that does not fit)")
     args = p.parse_args(argv)
     src = Path(args.weights)
     if not src.is_file():
@@ -32,7 +33,15 @@ def main(argv=None):
         raise UserError(f"Keras weights pickle {src} not found.{hint}")
     out = Path(args.out) if args.out is not None else (DEFAULT_STATE_DICT if args.weights == str(DEFAULT_PICKLE)
                                            else src.with_suffix(".pt"))
-    arrays, mapping = convert_pickle(src, out, args.shortcut_from_raw)
+    try:
+        arrays, mapping = convert_pickle(src, out, args.shortcut_from_raw)
+    except UserError as e:  # a pickle that does not fit: the first problem and a count, or all of them
+        if not e.more:
+            raise
+        if not args.verbose:
+            raise UserError(f"{e.lines()[0]} (and {len(e.more)} more; -v lists them all)") from None
+        print("\n".join(f"error: {line}" for line in e.lines()), file=sys.stderr)
+        return 2
     print(format_report(arrays, mapping, args.verbose))
     print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}")
     return 0

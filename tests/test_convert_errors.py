@@ -152,3 +152,23 @@ def test_failed_names_file_leaves_no_weights(tmp_path, good, capsys):
     (tmp_path / "out" / "side.pt.keras_names.json").mkdir(parents=True)  # the second file cannot be written
     rc, _, err = call_script(capsys, CONVERTER, src, "-o", out)
     assert_refused(rc, err, "side.pt.keras_names.json: it is a folder", nothing_in=tmp_path / "out")
+
+
+def test_every_problem_is_counted_and_listed_with_verbose(tmp_path, good, capsys, refused):
+    nan, negative, integer = ("sequential_3/dense_1/bias", next(k for k in good if k.endswith("moving_variance")),
+                              "sequential_3/batch_normalization_37/gamma")
+    bad = {**good, nan: np.full_like(good[nan], np.nan), negative: -good[negative],
+           integer: good[integer].astype(np.int64)}
+    src = write_pickle(tmp_path, bad)
+    refused(src, "(and 2 more; -v lists them all)")
+    rc, _, err = call_script(capsys, CONVERTER, src, "-o", tmp_path / "out" / "out.pt", "-v")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 3 and all(l.startswith("error: ") for l in lines) and "Traceback" not in err
+    for key, what in ((nan, "non-finite"), (negative, "negative"), (integer, "int64")):
+        assert any(key in l and what in l for l in lines), (key, lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_unreadable_name_is_counted(tmp_path, good, refused):
+    bad = {**good, "sequential_3/dense_1/extra": np.zeros(3, np.float32), "lonely": np.zeros(3, np.float32)}
+    refused(write_pickle(tmp_path, bad), "unknown variable 'extra'", "(and 1 more; -v lists them all)")

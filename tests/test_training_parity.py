@@ -28,7 +28,7 @@ from conftest import FIGURES, ROOT
 from torch_resnet.config import TrainConfig
 from torch_resnet.convert import convert_pickle, keras_to_state_dict
 from torch_resnet.data import CIFAR10, CifarSplit, DeviceBatches, load_cifar
-from torch_resnet.keras_map import keras_to_torch_layout, keras_variable_of
+from torch_resnet.keras_map import TO_TORCH_AXES, relayout
 from torch_resnet.keras_recipe import KerasAdam, keras_dense
 from torch_resnet.model import FEATURES, images_to_input
 from torch_resnet.regimes import prepare_model
@@ -74,7 +74,7 @@ def ref(tmp_path_factory):
 
 def as_torch(ref, arrays, key):
     """The Keras array of torch tensor ``key``, in the torch layout."""
-    value = keras_to_torch_layout(keras_variable_of(key), arrays[ref.keras_name[key]])
+    value = relayout(arrays[ref.keras_name[key]], TO_TORCH_AXES)
     return torch.from_numpy(np.ascontiguousarray(value))
 
 

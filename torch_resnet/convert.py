@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import Problems, UserError
 from .files import atomic_write, load_model, names_sidecar
-from .keras_map import (Mapping, default_keras_names, keras_to_torch_layout, keras_variable_of,
-                        map_keras_names, torch_to_keras_layout)
+from .keras_map import TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, map_keras_names, relayout
 from .model import ResidualNetwork
 from .safe_pickle import load_array_dict
+
 
 def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
     """``array`` as a contiguous ``dtype`` array; refuses non-float values and non-finite ones,
@@ -30,29 +30,31 @@ def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
 
 
 def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False):
-    """Map and check a dict of Keras-named arrays; returns (state dict, Mapping)."""
+    """Map and check a dict of Keras-named arrays; returns (state dict, Mapping). Every problem
+    is reported: first the shapes (a huge tensor is refused before it is scanned), then values."""
     mapping = map_keras_names(arrays)
     if mapping.num_classes < 1:
         raise UserError("the Dense layer has no outputs (0 classes)")
-    expected = ResidualNetwork(mapping.num_classes, shortcut_from_raw).state_dict()
-    state = {}
-    for key, tkey in mapping.pairs:  # shapes first: a huge tensor is refused before it is scanned
-        value = keras_to_torch_layout(keras_variable_of(tkey), arrays[key])
-        if tuple(value.shape) != tuple(expected[tkey].shape):
-            raise UserError(f"tensor {key!r} has shape {arrays[key].shape}, which does not fit {tkey} "
-                            f"(PyTorch shape {tuple(expected[tkey].shape)})")
-    for key, tkey in mapping.pairs:
-        value = checked_cast(key, keras_to_torch_layout(keras_variable_of(tkey), arrays[key]), np.float32)
-        if tkey.endswith("running_var") and (value < 0).any():
-            raise UserError(f"tensor {key!r} is a BatchNorm moving variance with negative values")
-        state[tkey] = torch.from_numpy(value)
-    for tkey, value in expected.items():
-        if tkey.endswith("num_batches_tracked"):  # PyTorch-only counter, unused with momentum set
-            state[tkey] = torch.zeros_like(value)
-    missing = [k for k in expected if k not in state]
+    # The one model of the conversion: its state dict shares its tensors, the values go straight in.
+    state = ResidualNetwork(mapping.num_classes, shortcut_from_raw).state_dict()
+    filled = {t for _, t in mapping.pairs}
+    missing = [k for k in state if k not in filled and not k.endswith("num_batches_tracked")]
     if missing:  # cannot happen when map_keras_names succeeded; kept as a guard on the mapping
         raise UserError(f"no Keras tensor for {missing[0]}")
-    return {k: state[k] for k in expected}, mapping
+    problems = Problems()
+    for key, tkey in mapping.pairs:
+        if relayout(arrays[key], TO_TORCH_AXES).shape != state[tkey].shape:
+            problems.add(f"tensor {key!r} has shape {arrays[key].shape}, which does not fit {tkey} "
+                         f"(PyTorch shape {tuple(state[tkey].shape)})")
+    problems.check()
+    for key, tkey in mapping.pairs:
+        with problems.each():
+            value = checked_cast(key, relayout(arrays[key], TO_TORCH_AXES), np.float32)
+            if tkey.endswith("running_var") and (value < 0).any():
+                raise UserError(f"tensor {key!r} is a BatchNorm moving variance with negative values")
+            state[tkey].copy_(torch.from_numpy(value))
+    problems.check()
+    return state, mapping
 
 
 def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
@@ -71,7 +73,6 @@ def convert_pickle(src, dst, shortcut_from_raw: bool = False):
         raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
     arrays = load_array_dict(src)
     state, mapping = keras_to_state_dict(arrays, shortcut_from_raw)
-    ResidualNetwork(mapping.num_classes, shortcut_from_raw).load_state_dict(state, strict=True)
     sidecar = {"source": str(src), "num_classes": mapping.num_classes,
                "tensors": [[k, t, str(arrays[k].dtype)] for k, t in mapping.pairs]}
 
@@ -118,7 +119,7 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
         value = state[tkey].detach().cpu()
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
-        out[key] = checked_cast(tkey, torch_to_keras_layout(keras_variable_of(tkey), value.numpy()), dtype)
+        out[key] = checked_cast(tkey, relayout(value.numpy(), TO_KERAS_AXES), dtype)
     return out
 
 

@@ -2,12 +2,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 
 
 class UserError(Exception):
-    """Bad input or options: reported as one line, exit status 2, no traceback."""
+    """Bad input or options: reported as one line, exit status 2, no traceback. ``more``: the
+    further problems found in the same input, counted in that line (``lines()`` has them all)."""
+
+    def __init__(self, message: str, more: list[str] | tuple = ()):
+        super().__init__(message)
+        self.more = list(more)
+
+    def __str__(self):
+        first = super().__str__()
+        return f"{first} (and {len(self.more)} more)" if self.more else first
+
+    def lines(self) -> list[str]:
+        return [super().__str__(), *self.more]
+
+
+class Problems:
+    """Every problem of one input, reported together: check each part in ``with problems.each():``
+    (a UserError there is recorded and the next part still checked), then ``problems.check()``."""
+
+    def __init__(self):
+        self.found: list[str] = []
+
+    @contextlib.contextmanager
+    def each(self):
+        try:
+            yield
+        except UserError as e:
+            self.found += e.lines()
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def check(self) -> None:
+        if self.found:
+            raise UserError(self.found[0], self.found[1:])
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

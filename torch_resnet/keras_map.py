@@ -14,6 +14,7 @@ only for structure, never for exact spelling:
   Without block components, layers are taken in creation order, block by block.
 
 Every Keras tensor must land on exactly one model tensor and every model tensor must be filled.
+What does not fit is reported in full: every unreadable name, odd layer and odd block at once.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .errors import Problems, UserError
 from .model import BLOCKS, FEATURES
 
 CONV, BN, DENSE = "Conv2D", "BatchNormalization", "Dense"
@@ -33,8 +34,15 @@ _LAYER_VARS = {
 }
 _TORCH_SUFFIX = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
                  "moving_mean": "running_mean", "moving_variance": "running_var"}
-_KERAS_SUFFIX = {(kind, t): k for kind, names in _LAYER_VARS.items() for k in names
-                 for t in [_TORCH_SUFFIX[k]]}
+# Kernel layouts, by rank: conv HWIO -> OIHW, Dense (in, out) -> Linear (out, in). Every other
+# variable (BatchNorm's four, the Dense bias) is a vector and keeps its layout.
+TO_TORCH_AXES = {4: (3, 2, 0, 1), 2: (1, 0)}
+TO_KERAS_AXES = {rank: tuple(np.argsort(axes)) for rank, axes in TO_TORCH_AXES.items()}
+
+
+def relayout(array: np.ndarray, axes: dict) -> np.ndarray:
+    """``array`` in the other framework's layout: ``axes`` is TO_TORCH_AXES or TO_KERAS_AXES."""
+    return array.transpose(axes[array.ndim]) if array.ndim in axes else array
 
 
 def natural_key(text: str):
@@ -68,33 +76,42 @@ def _split_key(key: str) -> tuple[tuple[str, ...], str]:
 
 def _group_layers(arrays: dict[str, np.ndarray]) -> list[Layer]:
     by_path: dict[tuple[str, ...], dict[str, str]] = {}
+    problems = Problems()
     for key in arrays:
-        path, var = _split_key(key)
-        if var in by_path.setdefault(path, {}):
-            raise UserError(f"tensors {by_path[path][var]!r} and {key!r} are the same Keras variable")
-        by_path[path][var] = key
+        with problems.each():
+            path, var = _split_key(key)
+            if var in by_path.setdefault(path, {}):
+                raise UserError(f"tensors {by_path[path][var]!r} and {key!r} are the same Keras variable")
+            by_path[path][var] = key
     layers = []
     for path, variables in by_path.items():
-        names = set(variables)
-        if names == {"kernel"}:
-            kind = CONV
-        elif names == {"kernel", "bias"}:
-            kind = DENSE if arrays[variables["kernel"]].ndim == 2 else "Conv2D with bias"
-        elif names <= set(_LAYER_VARS[BN]):
-            missing = [v for v in _LAYER_VARS[BN] if v not in names]
-            if missing:
-                raise UserError(f"BatchNormalization {'/'.join(path)!r} lacks {', '.join(missing)}")
-            kind = BN
-        else:
-            kind = None
-        if kind not in _LAYER_VARS:
-            raise UserError(f"layer {'/'.join(path)!r} has variables {sorted(names)}: not a bias-free "
-                            f"convolution, a Dense or a BatchNormalization of this network")
-        if kind == CONV and arrays[variables["kernel"]].ndim != 4:
-            raise UserError(f"tensor {variables['kernel']!r}: a kernel without bias must be a 4-d conv "
-                            f"kernel, got shape {arrays[variables['kernel']].shape}")
-        layers.append(Layer(path, kind, variables))
+        with problems.each():
+            layers.append(_layer(path, variables, arrays))
+    problems.check()
     return layers
+
+
+def _layer(path: tuple[str, ...], variables: dict[str, str], arrays) -> Layer:
+    """What one Keras layer is, from the variables it has."""
+    names = set(variables)
+    if names == {"kernel"}:
+        kind = CONV
+    elif names == {"kernel", "bias"}:
+        kind = DENSE if arrays[variables["kernel"]].ndim == 2 else "Conv2D with bias"
+    elif names <= set(_LAYER_VARS[BN]):
+        missing = [v for v in _LAYER_VARS[BN] if v not in names]
+        if missing:
+            raise UserError(f"BatchNormalization {'/'.join(path)!r} lacks {', '.join(missing)}")
+        kind = BN
+    else:
+        kind = None
+    if kind not in _LAYER_VARS:
+        raise UserError(f"layer {'/'.join(path)!r} has variables {sorted(names)}: not a bias-free "
+                        f"convolution, a Dense or a BatchNormalization of this network")
+    if kind == CONV and arrays[variables["kernel"]].ndim != 4:
+        raise UserError(f"tensor {variables['kernel']!r}: a kernel without bias must be a 4-d conv "
+                        f"kernel, got shape {arrays[variables['kernel']].shape}")
+    return Layer(path, kind, variables)
 
 
 def _model_slots() -> list[tuple[str, str, int | None, str]]:
@@ -142,12 +159,14 @@ def _assign_layers(layers: list[Layer], arrays) -> dict[str, Layer]:
     block_names = sorted({b for b in block_of.values() if b}, key=natural_key)
 
     roles_by_block: list[dict[str, Layer]] = []
+    problems = Problems()
     if block_names:
         if len(block_names) != len(BLOCKS):
             raise UserError(f"found {len(block_names)} residual blocks ({', '.join(block_names)}); "
                             f"the network has {len(BLOCKS)}")
         for i, b in enumerate(block_names):
-            roles_by_block.append(_assign_block([l for l in layers if block_of[id(l)] == b], i, b, arrays))
+            with problems.each():
+                roles_by_block.append(_assign_block([l for l in layers if block_of[id(l)] == b], i, b, arrays))
         stems = [l for l in top if l.kind == CONV]
         finals = [l for l in top if l.kind == BN]
     else:  # flat names: everything in creation order, blocks consumed one after the other
@@ -158,16 +177,18 @@ def _assign_layers(layers: list[Layer], arrays) -> dict[str, Layer]:
         for i, (cin, cout, _) in enumerate(BLOCKS):
             n_conv = 3 if cin != cout else 2
             block, convs, bns = convs[:n_conv] + bns[:2], convs[n_conv:], bns[2:]
-            roles_by_block.append(_assign_block(block, i, f"of layers {', '.join(l.name for l in block)}", arrays))
+            with problems.each():
+                roles_by_block.append(_assign_block(block, i, f"of layers {', '.join(l.name for l in block)}",
+                                                    arrays))
         top = [l for l in top if l.kind == DENSE] + stems + finals + convs + bns
     heads = [l for l in top if l.kind == DENSE]
     for what, found in (("stem convolution", stems), ("final BatchNormalization", finals), ("Dense head", heads)):
         if len(found) != 1:
-            raise UserError(f"expected 1 {what} outside the residual blocks, found {len(found)}"
-                            + (f": {', '.join(l.name for l in found)}" if found else ""))
-    extra = [l for l in top if l not in stems + finals + heads]
-    if extra:
-        raise UserError(f"layer {extra[0].name!r} ({extra[0].kind}) does not belong to this network")
+            problems.add(f"expected 1 {what} outside the residual blocks, found {len(found)}"
+                         + (f": {', '.join(l.name for l in found)}" if found else ""))
+    for extra in [l for l in top if l not in stems + finals + heads]:
+        problems.add(f"layer {extra.name!r} ({extra.kind}) does not belong to this network")
+    problems.check()
 
     assigned = {}
     for prefix, kind, block, role in _model_slots():
@@ -176,23 +197,6 @@ def _assign_layers(layers: list[Layer], arrays) -> dict[str, Layer]:
         else:
             assigned[prefix] = {"stem": stems, "final": finals, "head": heads}[role][0]
     return assigned
-
-
-def keras_to_torch_layout(var: str, array: np.ndarray) -> np.ndarray:
-    """Conv HWIO -> OIHW; Dense (in, out) -> Linear (out, in); vectors as they are."""
-    if var == "kernel" and array.ndim == 4:
-        return array.transpose(3, 2, 0, 1)
-    if var == "kernel" and array.ndim == 2:
-        return array.T
-    return array
-
-
-def torch_to_keras_layout(var: str, array: np.ndarray) -> np.ndarray:
-    if var == "kernel" and array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
-    if var == "kernel" and array.ndim == 2:
-        return array.T
-    return array
 
 
 @dataclass
@@ -239,9 +243,3 @@ def default_keras_names(num_classes: int, model_name: str = "sequential") -> lis
             pairs.append(("/".join(scope + [layer, var]), f"{prefix}.{_TORCH_SUFFIX[var]}"))
     return pairs
 
-
-def keras_variable_of(torch_key: str) -> str:
-    """'backbone.blocks.0.bn1.running_var' -> 'moving_variance' (the variable's Keras name)."""
-    prefix, suffix = torch_key.rsplit(".", 1)
-    kind = {p: k for p, k, _, _ in _model_slots()}[prefix]
-    return _KERAS_SUFFIX[(kind, suffix)]

@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from .errors import UserError
+from .errors import Problems, UserError
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -78,9 +78,11 @@ def load_array_dict(path) -> dict[str, np.ndarray]:
                         f"(convert/pt_to_keras_pickle.py turns a state dict back into a Keras pickle)")
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of Keras variable names to arrays, got {type(obj).__name__}")
+    problems = Problems()
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise UserError(f"{path}: key {key!r} is not a string")
-        if not isinstance(value, np.ndarray):
-            raise UserError(f"{path}: tensor {key!r} is a {type(value).__name__}, not a numpy array")
+            problems.add(f"{path}: key {key!r} is not a string")
+        elif not isinstance(value, np.ndarray):
+            problems.add(f"{path}: tensor {key!r} is a {type(value).__name__}, not a numpy array")
+    problems.check()
     return obj
