@@ -1,6 +1,6 @@
 """Which Keras variable is which PyTorch tensor.
 
-Keras names are not a format (SPEC.md): Keras 3 paths (``sequential_3/residual_block_9/conv2d_23/kernel``),
+Keras names are not a format (docs/keras.md): Keras 3 paths (``sequential_3/residual_block_9/conv2d_23/kernel``),
 Keras 2 names (``residual_block_9/conv2d_23/kernel:0``), any prefix, any starting number, and layer
 numbers that follow the order in which an author created layers. So the mapping reads the names
 only for structure, never for exact spelling:

@@ -1,6 +1,6 @@
 """The course's pre-activation SiLU ResNet, numerically identical to the Keras original.
 
-Keras differences that matter for parity (see SPEC.md):
+Keras differences that matter for parity (see docs/keras.md):
 - ``padding="same"`` with stride 2 pads 0 before and 1 after (PyTorch's padding=1 pads both);
 - BatchNormalization epsilon is 1e-3 (PyTorch's default is 1e-5);
 - no convolution has a bias.
