@@ -36,7 +36,7 @@ from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
 from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
 from torch_resnet.distributed import pick_device  # noqa: E402
-from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, UserError, check_count, cli  # noqa: E402
 from torch_resnet.evaluate import predict  # noqa: E402
 from torch_resnet.files import atomic_write  # noqa: E402
 from torch_resnet.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
@@ -217,8 +217,7 @@ def main(argv=None):
     p.add_argument("--loop", choices=["ours", "baseline"], default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = pick_device(args.device)
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+    check_count("--batch-size", args.batch_size)
     if args.images is not None and not 1 <= args.images <= 1_000_000:
         raise UserError(f"--images must be between 1 and 1,000,000, got {args.images}")
     if args.worker:

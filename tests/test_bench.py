@@ -23,7 +23,7 @@ def test_bench_measures_ours_and_each_peer(tmp_path, capsys):
     results = json.loads(out.read_text())
     infer = results["infer"]
     assert infer["keras_ips"] > 0 and infer["epoch_ips"] > 0 and "baseline_ips" not in infer
-    assert infer["ours_over_keras"] == infer["epoch_ips"] / infer["keras_ips"]
+    assert f"{infer['ours_over_keras']:.2f}" in stdout  # the table says what the JSON holds
     assert "fp32" in infer["settings"]  # evaluation's default precision, whatever the CPU
     assert results["peers"] == ["keras"] and "ours/keras" in stdout
 

@@ -44,8 +44,8 @@ def test_logits_and_features_match_keras(keras_fixtures, scheme, tmp_path):
 
 def test_converter_reports_every_tensor(keras_fixtures, tmp_path, capsys):
     out = tmp_path / "seed.pt"
-    rc, stdout, err = call_script(capsys, "convert/keras_pickle_to_pt.py", keras_fixtures / "keras3_seed_numbering.pkl",
-                                  "-o", out, "-v")
+    rc, stdout, err = call_script(capsys, "convert/keras_pickle_to_pt.py",
+                                  keras_fixtures / "keras3_seed_numbering.pkl", "-o", out, "-v")
     assert rc == 0, err
     assert "sequential_3/residual_block_9/conv2d_23/kernel  (3, 3, 16, 64)  ->  backbone.blocks.0.conv1.weight" in stdout
     assert "sequential_3/dense_1/kernel  (256, 100)  ->  head.weight" in stdout

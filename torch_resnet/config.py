@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, check_count
 from .files import DEFAULT_STATE_DICT
 
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
@@ -43,8 +43,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{option(name)} must be at least 1, got {getattr(self, name)}")
+            check_count(option(name), getattr(self, name))
         if not (self.val_size == 0 or 0 < self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer()):
             raise UserError(f"--val-size must be a fraction below 1 (0.1: a tenth of the training images), a whole "
                             f"number of images, or 0 (no validation); got {self.val_size}")

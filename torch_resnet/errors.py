@@ -23,6 +23,12 @@ class UserError(Exception):
         return [super().__str__(), *self.more]
 
 
+def check_count(option: str, value) -> None:
+    """The one check of a count option (--epochs, --batch-size, ...): a whole number, at least 1."""
+    if value < 1:
+        raise UserError(f"{option} must be at least 1, got {value}")
+
+
 class Problems:
     """Every problem of one input, reported together: check each part in ``with problems.each():``
     (a UserError there is recorded and the next part still checked), then ``problems.check()``."""

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .convert import keras_to_state_dict, state_dict_to_keras
 from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
 from .distributed import pick_device
-from .errors import UserError
+from .errors import UserError, check_count
 from .files import load_model
 from .model import ResidualNetwork
 from .outputs import confusion_figure, write_json, write_png
@@ -68,8 +68,7 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
     """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
     With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's.
     ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check_count("--batch-size", batch_size)
     dev = pick_device(device or "auto")
     dtype = amp_dtype(amp, dev, training=False)
     if dev.type == "cpu":
