@@ -66,17 +66,24 @@ def curves_figure(rows: list[dict], regime: str) -> Figure:
 
 
 def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str) -> Figure:
-    """Rows normalised to the fraction of each true class; every class named on both axes."""
-    c = len(class_names)
-    fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    size, font = (7, 8) if c <= 20 else (16, 5)  # 100 names fit at 5 pt on a 16-inch figure
+    """One confusion matrix (``draw_confusion``) with its colour scale."""
+    size, font = (7, 8) if len(class_names) <= 20 else (16, 5)  # 100 names fit at 5 pt on a 16-inch figure
     fig = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = fig.subplots()
+    fig.colorbar(draw_confusion(ax, confusion, class_names, title=title, font=font), ax=ax, shrink=0.8,
+                 label="fraction of the true class")
+    return fig
+
+
+def draw_confusion(ax, confusion: np.ndarray, class_names: list[str], *, title: str, font: float):
+    """The matrix on ``ax`` (rows: true class, columns: predicted), each row normalised to the
+    fraction of that class's images, every class named on both axes; returns the image."""
+    c = len(class_names)
+    fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     ax.set_xticks(range(c), class_names, rotation=90, fontsize=font)
     ax.set_yticks(range(c), class_names, fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    return fig
+    return im

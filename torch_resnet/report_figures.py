@@ -8,6 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from .outputs import draw_confusion
+
 
 def curves_figure(runs) -> Figure:
     """Validation accuracy and loss of every run over its epochs, on shared axes."""
@@ -68,19 +70,13 @@ def confusion_figure(runs) -> Figure:
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     font = 9 if n <= 20 else 4
     for ax, r in zip(axes, runs):
-        counts = np.asarray(r.metrics["test_confusion"], dtype=float)
-        fraction = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-        im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        im = draw_confusion(ax, np.asarray(r.metrics["test_confusion"], dtype=float), names,
+                            title=f"{r.label}: top-1 {r.metrics['test_accuracy']:.1%}", font=font)
         if n <= 20:  # the share in each cell, legible at this size
-            for (i, j), v in np.ndenumerate(fraction):
+            for (i, j), v in np.ndenumerate(im.get_array()):
                 if v >= 0.005:
                     ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if v > 0.5 else "black")
-        ax.set_xticks(range(n), names, rotation=90, fontsize=font)
-        ax.set_yticks(range(n), names, fontsize=font)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"{r.label}: top-1 {r.metrics['test_accuracy']:.1%}")
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     fig.colorbar(im, ax=axes[:len(runs)].tolist(), shrink=0.8, label="fraction of the true class (cells in %)")
