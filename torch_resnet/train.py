@@ -238,8 +238,10 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
 
     try:
-        history, scores = epochs_and_test(cfg, ctx, stepper, out, history, start_epoch, cache_seconds,
-                                          train_batches, val_batches, test_batches, test.class_names)
+        history, scores = epochs_and_test(cfg, ctx, stepper, out=out, history=history, start_epoch=start_epoch,
+                                          cache_seconds=cache_seconds, train_batches=train_batches,
+                                          val_batches=val_batches, test_batches=test_batches,
+                                          class_names=test.class_names)
     except KeyboardInterrupt:
         if len(history) > start_epoch or cfg.resume:  # this run's checkpoint is there
             raise KeyboardInterrupt(f"{out}/checkpoint.pt keeps the run up to its last finished epoch; continue "
@@ -265,8 +267,9 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     return metrics
 
 
-def epochs_and_test(cfg, ctx, stepper, out, history, start_epoch, cache_seconds, train_batches, val_batches,
-                    test_batches, class_names) -> tuple[list, dict]:
+def epochs_and_test(cfg: TrainConfig, ctx: RunContext, stepper: Stepper, *, out, history: list, start_epoch: int,
+                    cache_seconds: float | None, train_batches: DeviceBatches, val_batches: DeviceBatches | None,
+                    test_batches: DeviceBatches, class_names: list[str]) -> tuple[list, dict]:
     """The epochs from ``start_epoch`` on (a checkpoint after each), then the test set's scores."""
     device, optimizer = ctx.device, stepper.optimizer
     for epoch in range(start_epoch, cfg.epochs):
