@@ -1,6 +1,6 @@
 """The fastest correct settings for the device at hand, chosen once and said in one line.
 
-Measured on a 2-core AMD EPYC (Zen 4, avx512_bf16) and an H100 (see docs/benchmarks.md):
+Measured on a 2-core AMD EPYC (Zen 4, avx512_bf16) and an H100 (see docs/performance.md):
 - channels_last everywhere: oneDNN (CPU) and cuDNN (GPU) convolutions are fastest in NHWC;
 - bf16 autocast for training on CUDA and on CPUs that compute bf16 natively (avx512_bf16 or
   amx_bf16): about twice the fp32 rate on the CPU above; fp32 on other CPUs, where bf16 is
