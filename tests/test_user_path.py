@@ -111,6 +111,10 @@ def test_a_state_dict_given_to_the_converter_says_which_script_takes_it(tmp_path
     rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", pt, "-o", tmp_path / "out.pt")
     assert_refused(rc, err, "is a PyTorch file (torch.save), not a Keras pickle", "train/finetune.py --weights")
     assert not (tmp_path / "out.pt").exists()
+    before = pt.read_bytes()
+    rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", pt)  # the default output is w.pt itself
+    assert_refused(rc, err, "is a PyTorch file (torch.save), not a Keras pickle")
+    assert pt.read_bytes() == before
 
 
 class FailingDownload:

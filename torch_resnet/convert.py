@@ -69,9 +69,9 @@ def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
 
 def convert_pickle(src, dst, shortcut_from_raw: bool = False):
     """Convert the Keras pickle ``src`` into a state dict at ``dst`` (and its names sidecar)."""
+    arrays = load_array_dict(src)  # first: a .pt given here is named as such, whatever the output path
     if Path(src).resolve() in (Path(dst).resolve(), names_sidecar(dst).resolve()):
         raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
-    arrays = load_array_dict(src)
     state, mapping = keras_to_state_dict(arrays, shortcut_from_raw)
     sidecar = {"source": str(src), "num_classes": mapping.num_classes,
                "tensors": [[k, t, str(arrays[k].dtype)] for k, t in mapping.pairs]}
