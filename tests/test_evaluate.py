@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIGURES, assert_refused, call_script, converted, run_script, ten_class_state
+from conftest import FIGURES, assert_refused, call_script, converted, ten_class_state
 from torch_resnet import ResidualNetwork
 from torch_resnet.data import CIFAR10, CIFAR100
 from torch_resnet.synthetic import write_cifar
@@ -101,9 +101,8 @@ def refused(capsys, tmp_path, needles, *args):
     assert_refused(rc, err, *needles, nothing_in=tmp_path / "ev")
 
 
-def test_refusal_from_the_real_script(tmp_path, data_dir):
-    r = run_script(EVALUATE, "--weights", tmp_path / "nope.pt", "--data-dir", data_dir, "--out", tmp_path / "ev")
-    assert_refused(r.returncode, r.stderr, "nope.pt not found", nothing_in=tmp_path)
+def test_missing_weights(tmp_path, data_dir, capsys):
+    refused(capsys, tmp_path, ["nope.pt not found"], "--weights", tmp_path / "nope.pt", "--data-dir", data_dir)
 
 
 def test_refuses_bad_weights(tmp_path, data_dir, weights, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIGURES, ROOT, assert_refused, call_script, converted, run_script, ten_class_state
+from conftest import FIGURES, ROOT, assert_refused, call_script, converted, ten_class_state
 from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.convert import convert_pickle
 from torch_resnet.files import names_sidecar
@@ -94,9 +94,8 @@ def good_state(keras_fixtures, tmp_path_factory):
     return torch.load(converted(keras_fixtures, "keras3", tmp_path_factory.mktemp("good")), weights_only=True)
 
 
-def test_refusal_from_the_real_script(tmp_path):
-    r = run_script(EXPORTER, tmp_path / "nope.pt", "-o", tmp_path / "out.pkl")
-    assert_refused(r.returncode, r.stderr, "weights file", "nope.pt not found", nothing_in=tmp_path)
+def test_missing_weights(tmp_path, capsys):
+    refused(capsys, tmp_path, tmp_path / "nope.pt", "weights file", "nope.pt not found")
 
 
 def test_refuses_non_state_dicts(tmp_path, capsys):
