@@ -271,7 +271,7 @@ def test_step_check_fails_with_torch_adam(ref):
 
 
 @pytest.mark.parametrize("args,needle", [(["--recipe", "adam"], "--recipe must be one of default, keras"),
-                                         (["--val-size", "-1"], "no validation)")])
+                                         (["--val-size", "-1"], "or 0 (no validation)")])
 def test_bad_recipe_or_val_size_is_one_line_exit_2(args, needle, tmp_path):
     rc, err = finetune([*args, "--out", tmp_path / "o"])
     assert rc == 2 and err.count("\n") == 1 and needle in err and not (tmp_path / "o").exists()

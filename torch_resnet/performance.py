@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .config import AMP_MODES
 from .errors import UserError
 
 @functools.cache
@@ -36,6 +37,8 @@ def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dt
     """The autocast dtype for ``--amp`` on ``device``; None means fp32.
 
     ``auto``: bf16 for training on CUDA and on CPUs with native bf16; fp32 for evaluation."""
+    if amp not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "auto":
         if not training:
             return None
