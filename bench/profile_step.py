@@ -16,12 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from torch_resnet import ResidualNetwork  # noqa: E402
+from throughput import regime_stepper  # noqa: E402  (bench/throughput.py, beside this script)
 from torch_resnet.config import TrainConfig  # noqa: E402
 from torch_resnet.distributed import pick_device  # noqa: E402
 from torch_resnet.performance import describe, keep_freed_memory  # noqa: E402
-from torch_resnet.regimes import optimizer_for, prepare_model  # noqa: E402
-from torch_resnet.train import Stepper  # noqa: E402
 
 
 def main(argv=None):
@@ -38,14 +36,10 @@ def main(argv=None):
     else:
         keep_freed_memory()
     for regime in ("freeze", "full"):
-        cfg = TrainConfig(freeze=regime == "freeze")
-        torch.manual_seed(0)
-        model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device, memory_format=torch.channels_last)
-        opt = optimizer_for(model, cfg)
-        stepper = Stepper(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), cfg, device)
+        stepper = regime_stepper(TrainConfig(freeze=regime == "freeze"), device)
         x = (torch.rand(args.batch_size, 3, 32, 32, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch_size,), device=device)
-        model.train()
+        stepper.model.train()
         for _ in range(5):
             stepper.step(x, y)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -40,8 +40,8 @@ from torch_resnet.errors import ArgumentParser, UserError, check_count, cli  # n
 from torch_resnet.evaluate import predict  # noqa: E402
 from torch_resnet.files import atomic_write  # noqa: E402
 from torch_resnet.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
-from torch_resnet.performance import amp_dtype, describe, keep_freed_memory  # noqa: E402
-from torch_resnet.regimes import optimizer_for, prepare_model  # noqa: E402
+from torch_resnet.performance import amp_dtype, autocast, describe, keep_freed_memory  # noqa: E402
+from torch_resnet.regimes import optimizer_for, prepare_model, trainable_parameters  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
 from torch_resnet.train import Stepper, train_one_epoch  # noqa: E402
 
@@ -59,12 +59,17 @@ def timed(device, fn) -> float:
     return time.perf_counter() - t0
 
 
-def ours_training(regime, data, args, device):
-    cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
+def regime_stepper(cfg: TrainConfig, device) -> Stepper:
+    """The trainer's step for ``cfg``'s regime and settings on a random network, at a constant rate."""
     torch.manual_seed(0)
     model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg)
-    stepper = Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device)
+    return Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device)
+
+
+def ours_training(regime, data, args, device):
+    cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
+    stepper = regime_stepper(cfg, device)
     batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=True)
     compile_s = timed(device, lambda: train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False))
     epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, log_every=cfg.log_every, progress=False))
@@ -75,7 +80,7 @@ def ours_training(regime, data, args, device):
     return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(y) / ceiling_s,
             "epoch_s": epoch_s, "warmup_epoch_s": compile_s, "peak_mem_bytes": peak,
             "step_mem_bytes": step_memory_bytes(stepper, x, y),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "trainable_params": trainable_parameters(stepper.model),
             "settings": describe(device, stepper.autocast_dtype, True, args.compile)}
 
 
@@ -90,7 +95,7 @@ def ours_inference(data, args, device):
     steps = -(-len(data.labels) // args.batch_size)
 
     def bare():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode(), autocast(device.type, dtype):
             for _ in range(steps):
                 model(x)
 

@@ -16,7 +16,7 @@ from .errors import UserError, check_count
 from .files import load_model
 from .model import ResidualNetwork
 from .outputs import confusion_figure, write_json, write_png
-from .performance import amp_dtype, describe, keep_freed_memory
+from .performance import amp_dtype, autocast, describe, keep_freed_memory
 from .safe_pickle import load_array_dict
 
 
@@ -41,7 +41,7 @@ def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device, 
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
     batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False, channels_last=True)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.inference_mode(), autocast(device.type, dtype):
         return torch.cat([model(x).float().cpu() for x, _ in batches.epoch(0)])
 
 

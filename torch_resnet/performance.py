@@ -51,6 +51,11 @@ def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dt
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` (from ``amp_dtype``) on that device type; fp32 (no autocast) for None."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
 _kept = False
 
 

@@ -8,7 +8,6 @@ and rank 0 writes (``distributed.py``); checkpoints in ``checkpoint.py``, output
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import time
@@ -26,7 +25,7 @@ from .errors import UserError
 from .memory import peak_memory_bytes, step_memory_bytes
 from .model import ResidualNetwork
 from .outputs import write_run
-from .performance import amp_dtype, describe, keep_freed_memory
+from .performance import amp_dtype, autocast, describe, keep_freed_memory
 from .regimes import optimizer_for, prepare_model, trainable_parameters
 
 
@@ -36,7 +35,6 @@ class Stepper:
     def __init__(self, model: ResidualNetwork, optimizer, scheduler, cfg: TrainConfig, device: torch.device,
                  world: int = 1):
         self.model, self.optimizer, self.scheduler, self.freeze = model, optimizer, scheduler, cfg.freeze
-        self.cudagraphs = False
         self.autocast_dtype = amp_dtype(cfg.amp, device)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
@@ -56,9 +54,7 @@ class Stepper:
         self.backbone, self.trained = backbone, trained
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return autocast(self.device_type, self.autocast_dtype)
 
     def logits(self, x):
         if self.freeze and x.dim() == 4:  # images (not cached features): no activations kept for the backbone
@@ -90,7 +86,7 @@ def backbone_features(model: ResidualNetwork, split: CifarSplit, batch_size: int
     parts = []
     for x, _ in DeviceBatches(split, batch_size, device, shuffle=False, augment=False,
                               channels_last=channels_last).epoch(0):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             parts.append(model.backbone(x).float())
     return CifarSplit(torch.cat(parts), split.labels, split.class_names)
 
