@@ -56,7 +56,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default=d.amp, metavar="{" + ",".join(AMP_MODES) + "}",
-                   help="mixed precision (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
+                   help="mixed precision (auto: bf16 on GPUs of compute capability 8.0+, fp16 with a gradient scaler on "
+                        "7.x (T4, V100), fp32 below; on CPUs bf16 where native, else fp32)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="NHWC memory layout (the default: fastest on CPU and CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
