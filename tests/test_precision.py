@@ -1,5 +1,6 @@
 """The fastest settings stay correct: a bf16 CPU training step is finite and close to fp32,
-and the choice of precision per device is the documented one."""
+and the choice of precision per device is the documented one (per GPU generation with the
+device's compute capability faked: this machine may have no GPU)."""
 import copy
 
 import pytest
@@ -61,7 +62,6 @@ def test_precision_and_layout_per_device():
     native = cpu_has_native_bf16()
     assert amp_dtype("auto", CPU) == (torch.bfloat16 if native else None)
     assert amp_dtype("auto", CPU, training=False) is None  # evaluation stays fp32
-    assert amp_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert amp_dtype("off", torch.device("cuda")) is None and amp_dtype("bf16", CPU) == torch.bfloat16
     with pytest.raises(Exception, match="needs a CUDA device"):
         amp_dtype("fp16", CPU)
@@ -70,4 +70,48 @@ def test_precision_and_layout_per_device():
     kept = keep_freed_memory()
     assert keep_freed_memory() == kept  # idempotent
     line = describe(CPU, amp_dtype("auto", CPU), True)
-    assert line.startswith("cpu, ") and "channels_last" in line and ("bf16" in line) == native
+    assert line.startswith("cpu, ") and "channels_last" in line and ("bf16 autocast" in line) == native
+    assert ("(native bf16)" in line) == native and ("fp32 (no native bf16 on this CPU)" in line) == (not native)
+
+
+FP16 = "fp16 tensor cores, no bf16; gradient scaler when training"
+
+
+def fake_gpu(monkeypatch, capability):
+    """A CUDA device of this compute capability, as far as the precision choice can tell."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.mark.parametrize("capability, dtype, why", [
+    ((9, 0), torch.bfloat16, "bf16 autocast (compute capability 9.0: native bf16)"),  # H100, H200
+    ((8, 0), torch.bfloat16, "bf16 autocast (compute capability 8.0: native bf16)"),  # A100
+    ((8, 6), torch.bfloat16, "bf16 autocast (compute capability 8.6: native bf16)"),  # RTX 30xx, A10
+    ((7, 5), torch.float16, f"fp16 autocast (compute capability 7.5: {FP16})"),  # T4 (Colab's free GPU)
+    ((7, 0), torch.float16, f"fp16 autocast (compute capability 7.0: {FP16})"),  # V100
+    ((6, 0), None, "fp32 (compute capability 6.0: no tensor cores)"),  # P100
+    ((3, 7), None, "fp32 (compute capability 3.7: no tensor cores)"),  # K80
+])
+def test_auto_precision_per_gpu_generation(monkeypatch, capability, dtype, why):
+    fake_gpu(monkeypatch, capability)
+    cuda = torch.device("cuda", 0)
+    assert amp_dtype("auto", cuda) == dtype
+    assert amp_dtype("auto", cuda, training=False) is None  # evaluation stays fp32 on every GPU
+    assert describe(cuda, amp_dtype("auto", cuda), True) == f"cuda:0, {why}, channels_last"
+    # the trainer's step takes the same choice, with the gradient scaler exactly when it is fp16
+    cfg = TrainConfig(freeze=True, amp="auto")
+    model = prepare_model(cfg, pretrained=ResidualNetwork(100))
+    opt = optimizer_for(model, cfg)
+    stepper = Stepper(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), cfg, cuda)
+    assert stepper.autocast_dtype == dtype and stepper.scaler.is_enabled() == (dtype == torch.float16)
+
+
+def test_other_choices_on_a_gpu_say_what_they_cost(monkeypatch):
+    fake_gpu(monkeypatch, (7, 5))
+    t4 = torch.device("cuda")
+    assert describe(t4, amp_dtype("bf16", t4), False) == (
+        "cuda, bf16 autocast (compute capability 7.5: bf16 is emulated here, slower than fp32), NCHW")
+    assert describe(t4, amp_dtype("off", t4), True) == "cuda, fp32 (compute capability 7.5), channels_last"
+    fake_gpu(monkeypatch, (8, 0))
+    assert describe(t4, amp_dtype("fp16", t4), True) == (
+        "cuda, fp16 autocast (compute capability 8.0: fp16 tensor cores; gradient scaler when training), channels_last")

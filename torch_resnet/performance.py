@@ -2,9 +2,11 @@
 
 Measured on a 2-core AMD EPYC (Zen 4, avx512_bf16) and an H100 (see docs/performance.md):
 - channels_last everywhere: oneDNN (CPU) and cuDNN (GPU) convolutions are fastest in NHWC;
-- bf16 autocast for training on CUDA and on CPUs that compute bf16 natively (avx512_bf16 or
-  amx_bf16): about twice the fp32 rate on the CPU above; fp32 on other CPUs, where bf16 is
-  emulated and slower. Evaluation stays fp32 unless asked (its job is an exact number);
+- training precision (``--amp auto``) by hardware: on CUDA by compute capability, bf16 from 8.0
+  (Ampere on), fp16 with the gradient scaler on 7.x (V100, T4: fp16 tensor cores, no bf16
+  hardware; PyTorch emulates bf16 there, slower than fp32), fp32 below 7.0; bf16 on CPUs that
+  compute it natively (avx512_bf16 or amx_bf16), about twice the fp32 rate on the CPU above, fp32
+  on other CPUs. Evaluation stays fp32 unless asked (its job is an exact number);
 - on Linux/glibc CPUs, freed memory stays with the process (see ``keep_freed_memory``).
 """
 from __future__ import annotations
@@ -33,22 +35,48 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device``; None means fp32.
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The GPU's compute capability, (major, minor): (7, 5) for a T4, (8, 0) for an A100."""
+    return tuple(torch.cuda.get_device_capability(device))
 
-    ``auto``: bf16 for training on CUDA and on CPUs with native bf16; fp32 for evaluation."""
+
+def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device``; None means fp32. ``auto``, for training: on
+    CUDA by compute capability (bf16 from 8.0, fp16 on 7.x, fp32 below), bf16 on CPUs with native
+    bf16, else fp32; for evaluation always fp32."""
     if amp not in AMP_MODES:
         raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "auto":
         if not training:
             return None
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else None
+        if device.type == "cuda":
+            major = cuda_capability(device)[0]
+            return torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     if amp == "off":
         return None
     if amp == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def why(device: torch.device, dtype: torch.dtype | None) -> str:
+    """What the hardware does with ``dtype``: the reason for the choice of ``--amp auto``, or a
+    warning when another choice is slow there. Empty where there is nothing to say."""
+    if device.type == "cuda":
+        major, minor = cuda_capability(device)
+        cc = f"compute capability {major}.{minor}"
+        if dtype == torch.bfloat16:
+            return f"{cc}: native bf16" if major >= 8 else f"{cc}: bf16 is emulated here, slower than fp32"
+        if dtype == torch.float16:
+            return f"{cc}: fp16 tensor cores{', no bf16' if major < 8 else ''}; gradient scaler when training"
+        return f"{cc}: no tensor cores" if major < 7 else cc
+    if device.type == "cpu":
+        native = cpu_has_native_bf16()
+        if dtype == torch.bfloat16:
+            return "native bf16" if native else "bf16 is emulated on this CPU, slower than fp32"
+        return "" if native else "no native bf16 on this CPU"
+    return ""
 
 
 def autocast(device_type: str, dtype: torch.dtype | None):
@@ -83,9 +111,10 @@ def keep_freed_memory() -> bool:
 
 
 def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compile_mode: str | None = None) -> str:
-    """The settings in a few words, for a run's first line."""
-    parts = [str(device), "bf16 autocast" if dtype == torch.bfloat16 else
-             "fp16 autocast" if dtype == torch.float16 else "fp32",
+    """The settings in a few words, for a run's first line: the precision and why."""
+    precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(dtype, "fp32")
+    reason = why(device, dtype)
+    parts = [str(device), f"{precision} ({reason})" if reason else precision,
              "channels_last" if channels_last else "NCHW"]
     if device.type == "cpu":
         parts.append(f"{torch.get_num_threads()} threads")

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 
 from .checkpoint import load_checkpoint, run_folder, save_checkpoint
 from .config import TrainConfig
