@@ -1,12 +1,17 @@
-"""Small, learnable data sets written in the real CIFAR python format (for tests and the offline demo)."""
+"""Stand-ins for the course's files, in their real formats (for tests, the offline demo and the
+notebook): small learnable data sets as CIFAR python batches, and a Keras pickle of the network."""
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .data import CIFAR10, CifarFormat
+from .convert import state_dict_to_keras
+from .data import CIFAR10, CifarFormat, load_cifar
+from .files import atomic_write
+from .model import ResidualNetwork, images_to_input
 
 
 def make_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,3 +50,20 @@ def write_cifar(data_dir, fmt: CifarFormat = CIFAR10, train_size: int = 500, tes
                          b"data": make_images(labels, fmt.num_classes, rng)})
     dump(fmt.meta_file, {fmt.names_key: names})
     return root
+
+
+def write_stand_in_keras_pickle(data_dir, path, num_classes: int = 100) -> Path:
+    """A Keras-named pickle of the network, as the course's: PyTorch's initialisation, and the
+    BatchNorm statistics of (up to 500) CIFAR-10 training images in ``data_dir``, so that the
+    frozen backbone's features are on the scale a trained network gives."""
+    torch.manual_seed(0)
+    model = ResidualNetwork(num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+    images = load_cifar(data_dir, CIFAR10, "train", download=False).images[:500]
+    with torch.no_grad():
+        model.train()(images_to_input(images))
+    arrays = state_dict_to_keras(model.state_dict())
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
+    return Path(path)
