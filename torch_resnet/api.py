@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import os
 import tempfile
 from pathlib import Path
@@ -102,13 +103,12 @@ class Run:
         return curves_figure(self.metrics["epochs"], self.metrics["regime"])
 
     def __repr__(self):
-        m = self.metrics
-        return (f"Run({str(self.folder)!r}: {m['regime']}, {len(m['epochs'])} epochs, "
-                f"test top-1 {m['test_accuracy']:.2%})")
+        m, n = self.metrics, len(self.metrics["epochs"])
+        return f"Run({str(self.folder)!r}: {m['regime']}, {n} epoch{'s' * (n != 1)}, test top-1 {m['test_accuracy']:.2%})"
 
     def _repr_html_(self):
-        png = base64.b64encode(reporting.png_bytes(self.curves())).decode("ascii")
-        return f"<p>{self!r}</p><img src='data:image/png;base64,{png}' style='max-width:100%'>"
+        png = base64.b64encode((self.folder / "curves.png").read_bytes()).decode("ascii")
+        return f"<p>{html.escape(repr(self))}</p><img src='data:image/png;base64,{png}' style='max-width:100%'>"
 
 
 def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, freeze: bool = False,
