@@ -4,12 +4,14 @@
 
 Builds the reference Keras 3 model under several naming schemes, gives it random non-trivial
 weights, pickles each the way the course would, and stores Keras' logits and pooled features on
-fixed inputs (inference mode) next to the pickles, in OUT_DIR/<scheme>.{pkl,npz}.
+fixed inputs (inference mode) next to the pickles, in OUT_DIR/<scheme>.{pkl,npz}; and the Keras
+files of tests/make_keras_files.py in OUT_DIR/files (one TensorFlow start-up for both).
 """
 import pickle
 import sys
 from pathlib import Path
 
+import make_keras_files  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 import numpy as np
 
 from torch_resnet import keras_model as km
@@ -47,6 +49,7 @@ def main(out_dir):
         with open(out / f"{name}.pkl", "wb") as f:
             pickle.dump(weights, f)
         np.savez(out / f"{name}.npz", images=images, logits=logits, features=features)
+    make_keras_files.make(out / "files")
 
 
 if __name__ == "__main__":

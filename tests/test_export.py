@@ -28,7 +28,7 @@ def read_pickle(path):
 def test_round_trip_is_bit_identical(keras_fixtures, scheme, tmp_path, capsys):
     pt, out = converted(keras_fixtures, scheme, tmp_path), tmp_path / "back.pkl"
     rc, stdout, stderr = call_script(capsys, EXPORTER, pt, "-o", out)
-    assert rc == 0 and "source pickle's names" in stdout, stderr
+    assert rc == 0 and "the source file's names" in stdout, stderr
     original, back = read_pickle(keras_fixtures / f"{scheme}.pkl"), read_pickle(out)
     assert list(back) == list(original)
     for key, value in original.items():
@@ -59,7 +59,7 @@ def test_ten_class_export_in_keras3_names_runs_in_keras(keras_fixtures, tmp_path
     state = ten_class_state(pt, seed=3)
     torch.save(state, tmp_path / "ten.pt")  # no sidecar: the documented Keras 3 naming
     rc, stdout, err = call_script(capsys, EXPORTER, tmp_path / "ten.pt", "-o", tmp_path / "ten.pkl")
-    assert rc == 0 and "fresh Keras 3 names" in stdout, err
+    assert rc == 0 and "fresh Keras 3 names of keras_model.build" in stdout, err
     assert list(read_pickle(tmp_path / "ten.pkl")) == [k for k, _ in default_keras_names(10)]
     convert_pickle(tmp_path / "ten.pkl", tmp_path / "again.pt")  # and the forward converter reads them back
     again = torch.load(tmp_path / "again.pt", weights_only=True)
@@ -126,6 +126,27 @@ def test_refuses_nan_weights_and_bad_sidecar(tmp_path, good_state, capsys):
     refused(capsys, tmp_path, tmp_path / "s.pt", "not a Keras names file")
     rc, _, err = call_script(capsys, EXPORTER, tmp_path / "s.pt", "-o", tmp_path / "ok.pkl", "--keras3-names")
     assert rc == 0 and (tmp_path / "ok.pkl").is_file(), err
+
+
+@pytest.mark.parametrize("out", ["out.pkl", "out.weights.h5"])
+def test_refuses_what_the_converter_would_refuse(tmp_path, good_state, capsys, out):
+    var = good_state["backbone.blocks.2.bn1.running_var"].clone()
+    var[3] = -0.25
+    torch.save({**good_state, "backbone.blocks.2.bn1.running_var": var}, tmp_path / "neg.pt")
+    bias = good_state["head.bias"].clone()
+    bias[0] = float("inf")
+    torch.save({**good_state, "head.bias": bias}, tmp_path / "inf.pt")
+    for src, needles in (("neg.pt", ("backbone.blocks.2.bn1.running_var", "negative")),
+                         ("inf.pt", ("head.bias", "non-finite"))):
+        rc, _, err = call_script(capsys, EXPORTER, tmp_path / src, "-o", tmp_path / "out" / out)
+        assert_refused(rc, err, *needles, nothing_in=tmp_path / "out")
+
+
+def test_refuses_keras_file_names_it_does_not_write(tmp_path, good_state, capsys):
+    torch.save(good_state, tmp_path / "m.pt")
+    for out in ("model.h5", "model.keras"):
+        rc, _, err = call_script(capsys, EXPORTER, tmp_path / "m.pt", "-o", tmp_path / "out" / out)
+        assert_refused(rc, err, "NAME.weights.h5", nothing_in=tmp_path / "out")
 
 
 def test_refuses_odd_tensors_and_keys(tmp_path, good_state, capsys):

@@ -1,4 +1,5 @@
-"""Keras pickle <-> PyTorch state dict, with checks and a report of what went where."""
+"""Keras weights (any file Keras saves, ``keras_files``) <-> PyTorch state dict (``.pt`` or
+``.safetensors``), with checks, a report of what went where, and the names for the way back."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import safetensors_io
 from .errors import Problems, UserError
 from .files import atomic_write, load_model, names_sidecar
-from .keras_map import TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, map_keras_names, relayout
+from .keras_files import read_keras_file
+from .keras_h5 import write_keras3
+from .keras_map import (TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, keras3_h5_layout,
+                        map_keras_names, relayout)
 from .model import ResidualNetwork
-from .safe_pickle import load_array_dict
 
 
 def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
@@ -67,48 +71,84 @@ def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
     return "\n".join(f"{k}  ->  {t}" for k, t in layers.items())
 
 
-def convert_pickle(src, dst, shortcut_from_raw: bool = False):
-    """Convert the Keras pickle ``src`` into a state dict at ``dst`` (and its names sidecar)."""
-    arrays = load_array_dict(src)  # first: a .pt given here is named as such, whatever the output path
-    if Path(src).resolve() in (Path(dst).resolve(), names_sidecar(dst).resolve()):
+def convert_keras_file(src, dst, shortcut_from_raw: bool = False):
+    """Convert the Keras weights in ``src`` (a pickle, ``.keras``, ``.weights.h5`` or Keras 2 ``.h5``,
+    told apart by content) into a state dict at ``dst``: a safetensors file when ``dst`` ends in
+    ``.safetensors`` (the Keras names in its metadata), else ``torch.save``'s format and the names
+    in ``dst.keras_names.json``. Returns (Keras-named arrays, Mapping)."""
+    keras = read_keras_file(src)  # first: a .pt given here is named as such, whatever the output path
+    dst = Path(dst)
+    if Path(src).resolve() in (dst.resolve(), names_sidecar(dst).resolve()):
         raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
-    state, mapping = keras_to_state_dict(arrays, shortcut_from_raw)
-    sidecar = {"source": str(src), "num_classes": mapping.num_classes,
-               "tensors": [[k, t, str(arrays[k].dtype)] for k, t in mapping.pairs]}
+    state, mapping = keras_to_state_dict(keras.arrays, shortcut_from_raw)
+    if keras.num_classes is not None and keras.num_classes != mapping.num_classes:
+        raise UserError(f"{src}: its model description has {keras.num_classes} classes, its weights {mapping.num_classes}")
+    names = {"source": str(src), "format": keras.kind, "num_classes": mapping.num_classes,
+             "tensors": [[k, t, str(keras.arrays[k].dtype)] for k, t in mapping.pairs]}
+    if keras.h5_paths:  # a Keras 3 file: its own structure, for writing the weights back into it
+        names["keras3_h5"] = {"tensors": [[keras.h5_paths[k], t, str(keras.arrays[k].dtype)] for k, t in mapping.pairs],
+                              "groups": keras.h5_groups}
 
     def write(tmp):  # the names file first, inside the weights' write: a failure leaves neither
-        torch.save(state, tmp)
-        atomic_write(names_sidecar(dst), lambda tmp2: Path(tmp2).write_text(json.dumps(sidecar, indent=1)))
+        if dst.suffix == ".safetensors":
+            return safetensors_io.write(tmp, state, names)
+        atomic_write(names_sidecar(dst), lambda tmp2: Path(tmp2).write_text(json.dumps(names, indent=1)))
+        with open(tmp, "wb") as f:  # through a file object: a full disk is an OSError (files.atomic_write)
+            torch.save(state, f)
 
     atomic_write(dst, write)
-    return arrays, mapping
+    return keras.arrays, mapping
 
 
-def source_names(pt_path, state) -> list[tuple[str, str, str]] | None:
-    """The (Keras name, torch key, dtype) triples of the pickle the weights at ``pt_path`` came
-    from, read from its names sidecar and checked against ``state``; None without a sidecar."""
-    sidecar = names_sidecar(pt_path)
-    if not sidecar.is_file():
-        return None
-    hint = "pass --keras3-names to ignore it"
+convert_pickle = convert_keras_file  # the name the demo, the API and the tests know
+
+
+def names_record(path) -> tuple[dict | None, str]:
+    """The names record kept with the weights at ``path`` (its sidecar, or a safetensors file's
+    metadata) and where it was read; None when there is none."""
+    if safetensors_io.is_safetensors(path):
+        text, where = safetensors_io.keras_names_text(path), f"{path} (its metadata)"
+    else:
+        sidecar = names_sidecar(path)
+        try:
+            text, where = (sidecar.read_text() if sidecar.is_file() else None), str(sidecar)
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {sidecar}: {e}; {NAMES_HINT}") from None
+    if text is None:
+        return None, where
     try:
-        names = [tuple(t) for t in json.loads(sidecar.read_text())["tensors"]]
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
+    return record, where
+
+
+NAMES_HINT = "pass --keras3-names to ignore it"
+
+
+def checked_names(triples, state, where: str) -> list[tuple[str, str, str]]:
+    """(Keras name, torch key, dtype) triples from a names record, checked against ``state``."""
+    try:
+        names = [tuple(t) for t in triples]
         ok = all(len(t) == 3 and all(isinstance(s, str) for s in t) and np.issubdtype(np.dtype(t[2]), np.floating)
                  for t in names)
-    except (ValueError, KeyError, TypeError):  # bad JSON, no "tensors", not triples, unknown dtype
+    except (ValueError, KeyError, TypeError):  # not a list, not triples, unknown dtype
         ok = False
     if not ok:
-        raise UserError(f"{sidecar}: not a Keras names file written by the converter; {hint}")
+        raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
     wanted = sorted(t for _, t in default_keras_names(state["head.weight"].shape[0]))
     if sorted(t for _, t, _ in names) != wanted or len({k for k, _, _ in names}) != len(names):
-        raise UserError(f"{sidecar}: its Keras names do not match the tensors of {pt_path} one to one; {hint}")
+        raise UserError(f"{where}: its Keras names do not match the tensors of the weights one to one; {NAMES_HINT}")
     return names
 
 
 def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, str, str]] | None = None):
     """The inverse conversion: a dict of Keras-named numpy arrays, in ``names``' order and dtypes
     (Keras name, torch key, dtype) or, without them, in fresh Keras 3 naming as float32
-    (``default_keras_names``: the paths of ``keras_model.build(num_classes)`` in a new session)."""
+    (``default_keras_names``: the paths of ``keras_model.build(num_classes)`` in a new session).
+    Refuses what the converter would refuse on the way back."""
     num_classes = state["head.weight"].shape[0]
     if names is None:
         names = [(k, t, "float32") for k, t in default_keras_names(num_classes)]
@@ -120,17 +160,45 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
         out[key] = checked_cast(tkey, relayout(value.numpy(), TO_KERAS_AXES), dtype)
+        if tkey.endswith("running_var") and (out[key] < 0).any():
+            raise UserError(f"{tkey} is a BatchNorm running variance with negative values")
     return out
 
 
-def export_keras_pickle(src, dst, use_source_names: bool = True):
-    """Write the state dict ``src`` as a pickle of Keras-named arrays at ``dst``, in the names of
-    the pickle it came from when its sidecar is there (and wanted), else in fresh Keras 3 names.
-    Returns (arrays, the sidecar used or None)."""
-    if Path(dst).resolve() in (Path(src).resolve(), names_sidecar(src).resolve()):
+def export_keras_file(src, dst, use_source_names: bool = True):
+    """Write the state dict (``.pt`` or ``.safetensors``) ``src`` as Keras weights at ``dst``: a
+    Keras 3 weights file for a name ending in ``.weights.h5`` (the structure of the Keras 3 file the
+    weights came from, else of ``keras_model.build``), else a pickle of Keras-named arrays (the names
+    of the file they came from, else fresh Keras 3 names). Returns (arrays, where the names came
+    from, or None)."""
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() in (src.resolve(), names_sidecar(src).resolve()):
         raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
+    h5 = dst.name.endswith(".weights.h5")
+    if not h5 and dst.suffix in (".h5", ".keras"):
+        raise UserError(f"output {dst}: Keras weights are written as NAME.weights.h5 (Keras 3 model.load_weights "
+                        f"reads them) or as a pickle of arrays (any other name)")
     state = load_model(src).state_dict()
-    names = source_names(src, state) if use_source_names else None
+    record, where = names_record(src) if use_source_names else (None, None)
+    if h5:
+        layout = (record or {}).get("keras3_h5")
+        if layout is None:  # no Keras 3 file behind the weights
+            pairs, groups = keras3_h5_layout(state["head.weight"].shape[0])
+            names, where = [(p, t, "float32") for p, t in pairs], None
+        elif isinstance(layout, dict) and isinstance(layout.get("groups"), list) and \
+                all(isinstance(g, str) for g in layout["groups"]):
+            names, groups = checked_names(layout.get("tensors"), state, where), layout["groups"]
+        else:
+            raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
+    else:
+        names = checked_names(record.get("tensors"), state, where) if record else None
+        where = where if record else None
     arrays = state_dict_to_keras(state, names)
-    atomic_write(dst, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
-    return arrays, names_sidecar(src) if names else None
+    if h5:
+        atomic_write(dst, lambda tmp: write_keras3(tmp, arrays, groups))
+    else:
+        atomic_write(dst, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
+    return arrays, where
+
+
+export_keras_pickle = export_keras_file  # the name the API knows

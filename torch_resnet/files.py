@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from . import safetensors_io
 from .errors import UserError
 from .model import ResidualNetwork
 
@@ -54,7 +55,10 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
     try:
         with warnings.catch_warnings():  # the verdict below is the one line the user needs
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = (safetensors_io.read(path) if safetensors_io.is_safetensors(path)
+                     else torch.load(path, map_location="cpu", weights_only=True))
+    except UserError:
+        raise
     except Exception as e:
         keras_pickle(path)
         first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
@@ -85,12 +89,11 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
 
 
 def keras_pickle(path) -> None:
-    """Refuse, saying which script takes it, a Keras pickle where a state dict belongs."""
-    from .safe_pickle import load_array_dict
+    """Refuse, saying which script takes it, Keras weights where a state dict belongs."""
+    from .keras_files import converted_name, keras_kind
 
-    try:
-        load_array_dict(path)
-    except UserError:
-        return  # not a Keras pickle either: the caller says what it is not
-    raise UserError(f"{path} is a Keras pickle (numpy arrays by Keras name), not a PyTorch state dict: convert it "
-                    f"first with python convert/keras_pickle_to_pt.py {path} (it writes {Path(path).with_suffix('.pt')})")
+    kind = keras_kind(path)
+    if kind is None:
+        return  # not Keras weights either: the caller says what it is not
+    raise UserError(f"{path} is {kind}, not a PyTorch state dict: convert it first with "
+                    f"python convert/keras_pickle_to_pt.py {path} (it writes {converted_name(path)})")

@@ -10,8 +10,13 @@ only for structure, never for exact spelling:
   Dense, BatchNormalization);
 - a common prefix of all paths (the model's name) is dropped; what is left above a layer is its
   block, blocks are ordered by their number (numerically, not as strings);
-- inside a block the 1x1 kernel is the shortcut; the 3x3 convs and the BNs are in creation order.
+- inside a block the 1x1 kernel is the shortcut; of the two BNs and the two 3x3 convs, the shapes
+  say which is first where they differ (a block that changes the width), else the names must spell
+  an order: Keras' numbering (``conv2d``, ``conv2d_1``; ``batch_normalization_25``, ``_26``) or an
+  author's (``bn1``/``bn2``, ``conv_a``/``conv_b``). Names that spell none are refused, not guessed.
   Without block components, layers are taken in creation order, block by block.
+- a ``layers`` component is Keras 3's list of a model's layers in a weights file
+  (``layers/residual_block_3/layers/conv2d_2``), not a level of blocks.
 
 Every Keras tensor must land on exactly one model tensor and every model tensor must be filled.
 What does not fit is reported in full: every unreadable name, odd layer and odd block at once.
@@ -127,11 +132,47 @@ def _model_slots() -> list[tuple[str, str, int | None, str]]:
     return slots
 
 
+def spelled_order(a: str, b: str) -> bool | None:
+    """Whether the name ``a`` comes before ``b`` in an order the names spell: the same words but
+    one number or one letter (bn1/bn2, conv_a/conv_b, conv2d_23/conv2d_24), or Keras' first name
+    and a numbered one (conv2d/conv2d_1). None where they spell no order (pre_bn/post_bn)."""
+    ta, tb = (re.findall(r"\d+|[^\W\d_]+", n.lower()) for n in (a, b))
+    if len(ta) != len(tb):
+        short, long_ = sorted((ta, tb), key=len)
+        if len(long_) == len(short) + 1 and long_[:-1] == short and long_[-1].isdigit():
+            return ta is short
+        return None
+    differ = [(x, y) for x, y in zip(ta, tb) if x != y]
+    if len(differ) != 1:
+        return None
+    x, y = differ[0]
+    if x.isdigit() and y.isdigit() and int(x) != int(y):
+        return int(x) < int(y)
+    if len(x) == len(y) == 1 and x.isalpha() and y.isalpha():
+        return x < y
+    return None
+
+
+def _in_order(pair: list[Layer], shapes, var: str, label: str, arrays) -> tuple[Layer, Layer]:
+    """A block's two BatchNormalizations (or 3x3 convolutions) as (first, second) in the network:
+    by ``shapes`` (the two roles' shapes) where they tell, else by the order the names spell."""
+    a, b = pair
+    got = (a.shape(arrays, var), b.shape(arrays, var))
+    if shapes[0] != shapes[1] and set(got) == set(shapes):
+        return (a, b) if got[0] == shapes[0] else (b, a)
+    first = spelled_order(a.path[-1], b.path[-1])
+    if first is None:
+        raise UserError(f"block {label}: cannot tell which of {a.name!r} and {b.name!r} comes first: the same "
+                        f"shape {got[0]}, and names that spell no order (such as bn1/bn2, conv_a/conv_b, "
+                        f"or Keras' own conv2d/conv2d_1)")
+    return (a, b) if first else (b, a)
+
+
 def _assign_block(block: list[Layer], i: int, label: str, arrays) -> dict[str, Layer]:
-    """Roles inside one block: BNs and 3x3 convs in creation order, the 1x1 conv is the shortcut."""
+    """Roles inside one block: the 1x1 conv is the shortcut, BNs and 3x3 convs by _in_order."""
     cin, cout, _ = BLOCKS[i]
-    bns = sorted((l for l in block if l.kind == BN), key=lambda l: natural_key(l.path[-1]))
-    convs = sorted((l for l in block if l.kind == CONV), key=lambda l: natural_key(l.path[-1]))
+    bns = [l for l in block if l.kind == BN]
+    convs = [l for l in block if l.kind == CONV]
     shortcuts = [c for c in convs if c.shape(arrays)[:2] == (1, 1)]
     convs3 = [c for c in convs if c not in shortcuts]
     want_sc = int(cin != cout)
@@ -140,7 +181,9 @@ def _assign_block(block: list[Layer], i: int, label: str, arrays) -> dict[str, L
         found = ", ".join(l.name for l in block)
         raise UserError(f"block {label} (#{i + 1}, {cin}->{cout} channels) should hold 2 BatchNormalization, "
                         f"2 3x3 and {want_sc} 1x1 convolutions; it holds: {found}")
-    roles = {"bn1": bns[0], "bn2": bns[1], "conv1": convs3[0], "conv2": convs3[1]}
+    roles = dict(zip(("bn1", "bn2"), _in_order(bns, [(cin,), (cout,)], "gamma", label, arrays)))
+    roles.update(zip(("conv1", "conv2"), _in_order(convs3, [(3, 3, cin, cout), (3, 3, cout, cout)], "kernel",
+                                                   label, arrays)))
     if want_sc:
         roles["shortcut"] = shortcuts[0]
     return roles
@@ -154,7 +197,7 @@ def _assign_layers(layers: list[Layer], arrays) -> dict[str, Layer]:
         while n < min(len(common), len(l.path) - 1) and common[n] == l.path[n]:
             n += 1
         common = common[:n]
-    block_of = {id(l): "/".join(l.path[len(common):-1]) for l in layers}
+    block_of = {id(l): "/".join(c for c in l.path[len(common):-1] if c != "layers") for l in layers}
     top = [l for l in layers if not block_of[id(l)]]
     block_names = sorted({b for b in block_of.values() if b}, key=natural_key)
 
@@ -243,3 +286,22 @@ def default_keras_names(num_classes: int, model_name: str = "sequential") -> lis
             pairs.append(("/".join(scope + [layer, var]), f"{prefix}.{_TORCH_SUFFIX[var]}"))
     return pairs
 
+
+
+def keras3_h5_layout(num_classes: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """How Keras 3's ``save_weights`` lays out ``keras_model.build(num_classes)``: (dataset path,
+    torch key) for every variable, and the groups of the layers without variables. Keras names
+    a model's layers by class (``conv2d``, ``residual_block_1``), a block's by attribute (``bn1``),
+    and the shortcut, which sorts after the block's ``layers`` list, as the block's third Conv2D."""
+    top = {"stem": "conv2d", "final": "batch_normalization", "head": "dense"}
+    pairs, groups = [], ["vars", "layers/activation/vars", "layers/global_average_pooling2d/vars"]
+    for prefix, kind, block, role in _model_slots():
+        if block is None:
+            layer = f"layers/{top[role]}"
+        else:
+            scope = "layers/residual_block" + (f"_{block}" if block else "")
+            layer = f"{scope}/layers/conv2d_2" if role == "shortcut" else f"{scope}/{role}"
+            if role == "bn1":
+                groups += [f"{scope}/vars", f"{scope}/act1/vars", f"{scope}/act2/vars"]
+        pairs += [(f"{layer}/vars/{n}", f"{prefix}.{_TORCH_SUFFIX[var]}") for n, var in enumerate(_LAYER_VARS[kind])]
+    return pairs, groups

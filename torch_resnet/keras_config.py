@@ -1,0 +1,120 @@
+"""The model a Keras file describes (a ``.keras`` file's ``config.json``, a Keras 2 ``.h5``'s
+``model_config``), checked against this network. Read as JSON data only: nothing in it is
+deserialized, imported or run, and a model that would run code (a ``Lambda``) is refused.
+
+A Sequential model is checked layer by layer: the stem, 9 residual blocks (the author's own
+class, whose inside the config does not show), BatchNormalization, SiLU, global average pooling,
+Dense. The widths and strides of the blocks are read from the input shapes Keras 3 records
+(``build_config``); a block's own settings only where its config names them (``activation``,
+``use_bias``). A model of the author's own class says nothing checkable: its weights decide.
+"""
+from __future__ import annotations
+
+import json
+
+from .errors import UserError
+from .model import BLOCKS, FEATURES
+
+SILU = ("silu", "swish")
+STEM = {"filters": BLOCKS[0][0], "kernel_size": [3, 3], "strides": [1, 1]}
+CONV = {"padding": "same", "use_bias": False, "activation": "linear", "dilation_rate": [1, 1], "groups": 1,
+        "data_format": "channels_last"}
+BN = {"epsilon": 1e-3, "center": True, "scale": True, "axis": (-1, 3, [-1], [3])}
+# A tuple lists the values allowed; softmax on the head gives probabilities with the logits' ranking.
+EXPECTED = {"Conv2D": CONV, "BatchNormalization": BN, "Activation": {"activation": SILU},
+            "GlobalAveragePooling2D": {"keepdims": False, "data_format": "channels_last"},
+            "Dense": {"use_bias": True, "activation": ("linear", "softmax")},
+            "block": {"activation": SILU, "use_bias": False}}
+LAYOUT = ["Conv2D"] + ["block"] * len(BLOCKS) + ["BatchNormalization", "Activation", "GlobalAveragePooling2D",
+                                                 "Dense"]
+CODE = ("Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda")
+
+
+def check_config(text: str, where: str) -> int | None:
+    """Refuse a config that describes another network (naming the first difference) or holds
+    code; returns the Dense layer's units where the config gives them."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{where}: not readable JSON ({type(e).__name__})") from None
+    _refuse_code(config, where)
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise UserError(f"{where}: not a Keras model description")
+    if config.get("class_name") in ("Functional", "Model"):
+        raise UserError(f"{where}: a Functional model; the converter checks Sequential models like the "
+                        f"course's (save the weights alone with model.save_weights('x.weights.h5') to convert them)")
+    if config.get("class_name") != "Sequential":
+        return None
+    layers = [l for l in config["config"].get("layers") or [] if _get(l, "class_name") != "InputLayer"]
+    kinds = [_kind(l) for l in layers]
+    for i, want in enumerate(LAYOUT):
+        if i >= len(layers):
+            raise UserError(f"{where}: the model ends after {len(layers)} layers, where this network has "
+                            f"{_describe(i)}")
+        if kinds[i] != want:
+            raise UserError(f"{where}: layer #{i + 1} {_name(layers[i])!r} is a {_get(layers[i], 'class_name')}, "
+                            f"where this network has {_describe(i)}")
+    if len(layers) > len(LAYOUT):
+        raise UserError(f"{where}: layer #{len(LAYOUT) + 1} {_name(layers[len(LAYOUT)])!r} comes after the Dense "
+                        f"head; this network ends there")
+    for i, layer in enumerate(layers):
+        settings = _get(layer, "config") or {}
+        for key, want in ({**STEM, **CONV} if i == 0 else EXPECTED[kinds[i]]).items():
+            if key in settings and not (settings[key] in want if isinstance(want, tuple) else settings[key] == want):
+                raise UserError(f"{where}: {_describe(i)} {_name(layer)!r} has {key} {settings[key]!r}; this "
+                                f"network's has {want[0] if isinstance(want, tuple) else want!r}")
+    _check_shapes(layers, where)
+    units = layers[-1]["config"].get("units")
+    return units if isinstance(units, int) else None
+
+
+def _check_shapes(layers, where) -> None:
+    """Each layer's input shape where Keras recorded it: the widths and strides before it."""
+    size, shapes = 32, [(32, 32, 3)]
+    for cin, cout, stride in BLOCKS:
+        shapes.append((size, size, cin))
+        size //= stride
+    shapes += [(size, size, FEATURES)] * 3 + [(FEATURES,)]
+    for i, (layer, want) in enumerate(zip(layers, shapes)):
+        got = _get(_get(layer, "build_config"), "input_shape")
+        if isinstance(got, list) and tuple(got[1:]) != want:
+            if i == 0:
+                raise UserError(f"{where}: the model takes inputs of shape {got[1:]}; this network takes {list(want)}")
+            raise UserError(f"{where}: {_describe(i - 1)} {_name(layers[i - 1])!r} gives outputs of shape "
+                            f"{got[1:]}, this network's {list(want)} (other widths or strides)")
+
+
+def _refuse_code(value, where) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class_name") in CODE or "function_type" in item:
+                raise UserError(f"{where}: layer {_name(item)!r} is a {item.get('class_name', 'Lambda')}, whose code "
+                                f"is stored in the file; refusing a model that would run code from a file")
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+
+
+def _get(d, key):
+    return d.get(key) if isinstance(d, dict) else None
+
+
+def _name(layer) -> str:
+    return str(_get(_get(layer, "config"), "name") or _get(layer, "class_name") or "?")
+
+
+def _kind(layer) -> str:
+    """The layer's class where it is Keras' own, else "block" (the author's class)."""
+    cls, module = _get(layer, "class_name"), _get(layer, "module")
+    if isinstance(module, str) and module.startswith("keras") or cls in EXPECTED and cls != "block":
+        return str(cls)
+    return "block"
+
+
+def _describe(i: int) -> str:
+    if LAYOUT[i] == "block":
+        return f"residual block #{i}"
+    return {0: "the stem Conv2D", len(BLOCKS) + 1: "the final BatchNormalization", len(BLOCKS) + 2: "the SiLU Activation",
+            len(BLOCKS) + 3: "the GlobalAveragePooling2D", len(BLOCKS) + 4: "the Dense head"}[i]
