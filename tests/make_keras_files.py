@@ -91,24 +91,6 @@ def keras2_model(classes):
                          + [L.BatchNormalization(), L.Activation("swish"), L.GlobalAveragePooling2D(), L.Dense(classes)])
 
 
-def randomize(model, seed):
-    """km.randomize's values, for Keras 3 and Keras 2 variables alike."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        shape, leaf = tuple(v.shape), getattr(v, "path", v.name).rsplit("/", 1)[-1].split(":")[0]
-        if leaf == "kernel":
-            value = rng.normal(0, np.sqrt((2.0 if len(shape) == 4 else 0.2) / np.prod(shape[:-1])), shape)
-        elif leaf == "gamma":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif leaf in ("beta", "bias"):
-            value = rng.normal(0, 0.3, shape)
-        elif leaf == "moving_mean":
-            value = rng.normal(0, 1.0, shape)
-        else:
-            value = rng.uniform(0.2, 3.0, shape)
-        v.assign(value.astype("float32"))
-
-
 def make(out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,12 +102,12 @@ def make(out):
 
     keras.backend.clear_session()
     model = km.build()
-    randomize(model, 20)
+    km.randomize(model, 20)
     model.save_weights(out / "k3_build.weights.h5")
     keep("k3_build", model)
 
     model = custom_model(10)
-    randomize(model, 21)
+    km.randomize(model, 21)
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)  # Adam's state goes into the files too
     model.save(out / "k3_custom.keras")
@@ -134,7 +116,7 @@ def make(out):
 
     keras2_model(100)  # the seed's numbering in Keras 2
     model = keras2_model(100)
-    randomize(model, 22)
+    km.randomize(model, 22)
     model.compile(optimizer="adam", loss="mse")
     model.save_weights(out / "k2_weights.h5")
     model.save(out / "k2_model.h5")

@@ -56,7 +56,7 @@ def randomize(model, seed=0) -> None:
     """Non-trivial weights: kernels He-scaled, BN statistics far from 0/1, gamma/beta not 1/0."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
-        shape, leaf = tuple(v.shape), v.path.rsplit("/", 1)[-1]
+        shape, leaf = tuple(v.shape), getattr(v, "path", v.name).rsplit("/", 1)[-1].split(":")[0]  # Keras 3 or 2
         if leaf == "kernel":
             fan_in = int(np.prod(shape[:-1]))
             gain = 2.0 if len(shape) == 4 else 0.2  # a smaller Dense keeps logits of order 10
