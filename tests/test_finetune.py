@@ -56,8 +56,8 @@ def test_run_outputs(freeze_run):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ResidualNetwork(10).load_state_dict(after, strict=True)
     assert (out / "model.pt.keras_names.json").is_file()  # names kept for the way back to Keras
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv", "metrics.json",
-                                                     "model.pt", "model.pt.keras_names.json"]  # no temporary file
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "curves.png", "metrics.csv",  # no
+                                                     "metrics.json", "model.pt", "model.pt.keras_names.json"]  # tmp file
 
 
 def test_freeze_step_needs_far_less_memory_than_full(freeze_run, full_run):
@@ -207,12 +207,14 @@ def test_earlier_run_is_never_replaced_without_asking(setup, finished_run, capsy
     lambda model: model,  # a model.pt where the checkpoint should be
 ])
 def test_resume_from_a_bad_checkpoint(setup, finished_run, capsys, checkpoint):
+    (finished_run / "metrics.json").unlink()  # a run stopped before its end
     (finished_run / "checkpoint.pt").write_bytes(checkpoint((finished_run / "model.pt").read_bytes()))
     rc, _, err = call_script(capsys, FINETUNE, *finetune_args(setup, finished_run, "--freeze", "--resume"))
     assert_refused(rc, err, "is not a readable checkpoint")
 
 
 def test_resume_refuses_changed_options(setup, finished_run, capsys):
+    (finished_run / "metrics.json").unlink()  # a run stopped before its end
     rc, _, err = call_script(capsys, FINETUNE, *finetune_args(setup, finished_run, "--freeze", "--resume",
                                                               "--lr", "0.5"))
     assert_refused(rc, err, "was started with the default --lr (0.001), not --lr 0.5; leave --lr out")

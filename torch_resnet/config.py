@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import UserError, check_count
+from .errors import UserError, check_count, option_value
 from .files import DEFAULT_STATE_DICT
 
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = 50  # steps between loss read-backs (each one is a device sync)
 
     def __post_init__(self):
+        check_types(self)
         for name in ("epochs", "batch_size", "log_every"):
             check_count(option(name), getattr(self, name))
         if not (self.val_size == 0 or 0 < self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer()):
@@ -79,6 +80,20 @@ class TrainConfig:
         return Path(self.out or f"runs/{self.regime}")
 
 
+# What each option's value may be: options also come from a saved checkpoint and the Python API.
+KINDS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "None": (type(None),)}
+SAID_AS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text", "None": "unset"}
+
+
+def check_types(cfg: TrainConfig) -> None:
+    for f in fields(cfg):
+        names = str(f.type).replace(" ", "").split("|")  # "float | None" -> ["float", "None"]
+        value = getattr(cfg, f.name)
+        allowed = sum((KINDS[n] for n in names), ())
+        if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in names):
+            raise UserError(f"{option(f.name)} must be {' or '.join(SAID_AS[n] for n in names)}, got {value!r}"[:200])
+
+
 def option(field: str) -> str:
     """The command-line spelling of a field: ``batch_size`` -> ``--batch-size``."""
     return "--" + field.replace("_", "-")
@@ -96,5 +111,5 @@ def command_line(cfg: TrainConfig) -> list[str]:
         elif value is True or f.name == "compile" and value == "default":
             args.append(option(f.name))
         elif value is not None:
-            args += [option(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+            args += option_value(option(f.name), f"{value:g}" if isinstance(value, float) else value)
     return args

@@ -111,6 +111,9 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
         listed = meta.get(fmt.names_key) if isinstance(meta, dict) else None
         if isinstance(listed, (list, tuple)) and len(listed) == fmt.num_classes:  # else keep class_<i>
             names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice is not None:  # per-class figures are keyed by name: two classes would become one
+                raise UserError(f"{root / fmt.meta_file}: {fmt.names_key} names the class {twice!r} twice")
     images = np.concatenate([p[0] for p in parts])
     if len(images) == 0:
         raise UserError(f"{root}: the {split} split holds no images")

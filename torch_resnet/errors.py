@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import shlex
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -83,11 +86,34 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def shell_command(script: str, args=(), python: str = "python") -> str:
+    """``python script args...`` as a line that works when pasted into a shell (``shlex.join``)."""
+    return shlex.join([python, script, *map(str, args)])
+
+
+def option_value(name: str, value) -> list[str]:
+    """An option and its value as command-line words: ``--out=-x`` where the value starts with
+    "-" (argparse takes ``--out -x`` for two options)."""
+    value = str(value)
+    return [f"{name}={value}"] if value.startswith("-") else [name, value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C (what is saved stays saved, the way to go on is said); exit 143."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def cli(main):
-    """Decorate a script's ``main``: UserError (and OS errors on user paths) -> one line, exit 2."""
+    """Decorate a script's ``main``: UserError (and OS errors on user paths) -> one line, exit 2;
+    Ctrl-C -> exit 130 and SIGTERM -> exit 143, each with one line saying what was kept."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
         try:
             return main(argv)
         except UserError as e:
@@ -96,8 +122,12 @@ def cli(main):
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         except KeyboardInterrupt as e:  # a KeyboardInterrupt("...") says how to go on
-            print(f"error: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-            return 130
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"error: {what}{f'; {e}' if str(e) else ''}", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
         return 2
 
     return wrapper

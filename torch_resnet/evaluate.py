@@ -13,7 +13,7 @@ from .convert import keras_to_state_dict, state_dict_to_keras
 from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
 from .distributed import pick_device
 from .errors import UserError, check_count
-from .files import load_model
+from .files import load_model, refuse_run_folder
 from .model import ResidualNetwork
 from .outputs import confusion_figure, write_json, write_png
 from .performance import amp_dtype, autocast, describe, keep_freed_memory
@@ -69,6 +69,8 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
     With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's.
     ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
     check_count("--batch-size", batch_size)
+    if out is not None:
+        refuse_run_folder(out, "--out")
     dev = pick_device(device or "auto")
     dtype = amp_dtype(amp, dev, training=False)
     if dev.type == "cpu":

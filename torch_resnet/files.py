@@ -1,6 +1,7 @@
 """The project's files: where they are by default, written atomically, weights read safely."""
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import warnings
@@ -21,14 +22,31 @@ def names_sidecar(pt_path) -> Path:
     return Path(str(pt_path) + ".keras_names.json")
 
 
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+def keras_names_text(weights) -> str | None:
+    """The Keras names kept with a weights file (its names sidecar, or a safetensors file's
+    metadata, as text), if any."""
+    sidecar = names_sidecar(weights)
+    try:
+        if safetensors_io.is_safetensors(weights):
+            return safetensors_io.keras_names_text(weights)
+        return sidecar.read_text() if sidecar.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def atomic_write(path, write, before_replace=None) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file,
+    and a failed write (disk full, read-only, over quota) is one UserError, the earlier file kept.
+    A temporary file left by a killed earlier write of ``path`` is removed first.
+    ``before_replace()``: called once the new file is whole on disk, just before the rename."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write(tmp)
@@ -37,13 +55,51 @@ def atomic_write(path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to their owner
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # name the user's path, not the temporary file
-            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        cause = os_error_in(e)
+        if cause is not None:  # name the user's path, not the temporary file
+            raise UserError(f"cannot write {path}: {cause.strerror or cause}") from None
+        if isinstance(e, RuntimeError) and "inline_container" in str(e):  # torch.save to a path: no errno
+            raise UserError(f"cannot write {path}: the write stopped short (disk full or over quota?)") from None
         raise
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: itself, or the one torch.save met writing to a file object (it
+    raises a RuntimeError "unexpected pos ..." from it). Not for a UserError or an interrupt."""
+    if isinstance(e, UserError) or not isinstance(e, Exception):
+        return None
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def save_torch(obj, path, before_replace=None) -> None:
+    """``torch.save`` of ``obj`` to ``path``, atomically (``atomic_write``); written through a
+    Python file object so that a full disk is reported as one (torch.save to a path hides the
+    OSError)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write, before_replace)
+
+
+def is_run_folder(folder) -> bool:
+    """Whether ``folder`` holds a fine-tuning run (what train/finetune.py writes)."""
+    return any((Path(folder) / name).exists() for name in ("checkpoint.pt", "metrics.json"))
+
+
+def refuse_run_folder(folder, option: str) -> None:
+    """Only the trainer writes into a run folder: any other tool's output there is refused."""
+    if is_run_folder(folder):
+        raise UserError(f"{option} {folder} is a fine-tuning run's folder; only train/finetune.py writes there "
+                        f"(its files are the run's record): choose another folder")
 
 
 def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,20 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .files import atomic_write, names_sidecar
+from .errors import UserError
+from .files import atomic_write, names_sidecar, save_torch
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"]
+VAL_KEYS = ("val_loss", "val_acc")  # null with --val-size 0
+RUN_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "metrics.csv", "curves.png")
+NUMBER, TEXT, COUNT, MAYBE_COUNT = (int, float), str, int, (int, type(None))
+# What a finished run's metrics.json must hold for the report (written by train/finetune.py).
+REQUIRED = {"regime": TEXT, "test_accuracy": NUMBER, "test_top5": NUMBER, "test_loss": NUMBER, "epochs": list,
+            "trainable_parameters": COUNT, "peak_memory_bytes": MAYBE_COUNT, "step_memory_bytes": MAYBE_COUNT,
+            "device": TEXT, "world_size": COUNT, "amp": TEXT, "channels_last": bool, "train_images": COUNT,
+            "val_images": COUNT, "test_images": COUNT, "learning_rates": dict, "class_names": list,
+            "test_per_class": dict, "test_confusion": list, "config": dict}
+BIGGEST = 2**53  # no count or figure of a run comes near it; JSON allows any integer (10**400)
 
 
 def write_json(path, data, indent: int = 2) -> None:
@@ -29,14 +40,14 @@ def write_png(path, fig: Figure, dpi: int = 100) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
-def write_run(out: Path, model: torch.nn.Module, metrics: dict, names_from) -> None:
-    """model.pt (with the Keras names of the weights it started from, ``names_from``),
+def write_run(out: Path, model: torch.nn.Module, metrics: dict, keras_names: str | None) -> None:
+    """model.pt (with ``keras_names``, the names sidecar of the weights it started from),
     metrics.json, metrics.csv and curves.png in ``out``."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / "model.pt", lambda tmp: torch.save(state, tmp))
-    source_names, names = names_sidecar(names_from), names_sidecar(out / "model.pt")
-    if source_names.is_file():  # keep the Keras names for the way back (convert/pt_to_keras_pickle.py)
-        atomic_write(names, lambda tmp: shutil.copyfile(source_names, tmp))
+    save_torch(state, out / "model.pt")
+    names = names_sidecar(out / "model.pt")
+    if keras_names is not None:  # keep the Keras names for the way back (convert/pt_to_keras_pickle.py)
+        atomic_write(names, lambda tmp: Path(tmp).write_text(keras_names))
     else:  # an earlier run's names would be taken for this model's
         names.unlink(missing_ok=True)
     write_json(out / "metrics.json", metrics)
@@ -46,6 +57,70 @@ def write_run(out: Path, model: torch.nn.Module, metrics: dict, names_from) -> N
     writer.writerows(metrics["epochs"])
     atomic_write(out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
     write_png(out / "curves.png", curves_figure(metrics["epochs"], metrics["regime"]))
+
+
+def is_number(v) -> bool:
+    """A finite number within what a run writes (not a bool, not 10**400)."""
+    if isinstance(v, bool) or not isinstance(v, NUMBER):
+        return False
+    return abs(v) < BIGGEST if isinstance(v, int) else math.isfinite(v)
+
+
+def is_count(v) -> bool:
+    return isinstance(v, int) and is_number(v) and v >= 0
+
+
+def check_epoch_rows(rows) -> None:
+    """The per-epoch rows of a run (metrics.json's 'epochs', a checkpoint's history)."""
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_FIELDS if k not in VAL_KEYS)
+            and all(k in r and (r[k] is None or is_number(r[k])) for k in VAL_KEYS) for r in rows):
+        raise UserError(f"'epochs' must be a list of rows with {', '.join(EPOCH_FIELDS)}")
+    if not all(r["seconds"] > 0 for r in rows):
+        raise UserError("an epoch took no time")
+
+
+def read_metrics(path) -> dict:
+    """A finished run's metrics.json, checked for everything the report reads: one line otherwise."""
+    try:
+        m = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {' '.join(str(e).split())[:100]})") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{path}: not the metrics of a run (a JSON {type(m).__name__})")
+    for key, kind in REQUIRED.items():
+        if key not in m:
+            raise UserError(f"{path}: no {key!r} (written by an older train/finetune.py? run it again)")
+        value = m[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)) or (
+                kind in (NUMBER, COUNT, MAYBE_COUNT) and value is not None and not is_number(value)):
+            in_range = isinstance(value, kind) and not isinstance(value, bool)
+            raise UserError(f"{path}: {key!r} is {'out of range' if in_range else f'a {type(value).__name__}'}")
+    try:
+        check_details(m)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return m
+
+
+def check_details(m: dict) -> None:
+    check_epoch_rows(m["epochs"])
+    names, confusion = m["class_names"], m["test_confusion"]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise UserError("'class_names' must be a list of names")
+    if len(set(names)) != len(names):
+        raise UserError(f"'class_names' names a class twice ({next(n for n in names if names.count(n) > 1)!r})")
+    if list(m["test_per_class"]) != names or not all(v is None or is_number(v) for v in m["test_per_class"].values()):
+        raise UserError("'test_per_class' must give an accuracy (or null) for each of 'class_names'")
+    if len(confusion) != len(names) or not all(isinstance(row, list) and len(row) == len(names) and all(
+            is_count(v) for v in row) for row in confusion):
+        raise UserError(f"'test_confusion' must be {len(names)} x {len(names)} counts")
+    rates = m["learning_rates"]
+    if set(rates) != {"backbone", "head"} or not all(v is None or is_number(v) for v in rates.values()):
+        raise UserError("'learning_rates' must give 'backbone' and 'head'")
+    if not all(is_count(m[k]) for k in ("trainable_parameters", "world_size", "train_images", "val_images",
+                                          "test_images")) or m["world_size"] < 1:
+        raise UserError("the counts (parameters, images, processes) must be whole numbers >= 0")
 
 
 def curves_figure(rows: list[dict], regime: str) -> Figure:

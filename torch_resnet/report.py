@@ -10,29 +10,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import resume_command
 from .errors import UserError
-from .files import atomic_write
+from .files import atomic_write, refuse_run_folder
+from .outputs import is_number, read_metrics
 from .report_figures import confusion_figure, curves_figure, per_class_figure
 
 FIGURES = {"curves.png": ("Validation accuracy and loss per epoch", curves_figure),
            "per_class.png": ("Test accuracy per class", per_class_figure),
            "confusion.png": ("Test confusion matrices (rows: true class, fraction of its images)", confusion_figure)}
-NUMBER, TEXT, MAYBE_INT = (int, float), str, (int, type(None))
-# What a finished run's metrics.json must hold for the report (written by train/finetune.py).
-REQUIRED = {"regime": TEXT, "test_accuracy": NUMBER, "test_top5": NUMBER, "test_loss": NUMBER, "epochs": list,
-            "trainable_parameters": int, "peak_memory_bytes": MAYBE_INT, "step_memory_bytes": MAYBE_INT, "device": TEXT,
-            "world_size": int, "amp": TEXT, "channels_last": bool, "train_images": int, "val_images": int,
-            "test_images": int, "learning_rates": dict, "class_names": list, "test_per_class": dict,
-            "test_confusion": list, "config": dict}
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds", "images_per_sec")
-VAL_KEYS = ("val_loss", "val_acc")  # null with --val-size 0
-
-
 @dataclass
 class Run:
     label: str  # the folder as the user wrote it
@@ -54,7 +43,7 @@ def load_run(folder) -> Run:
     path, ckpt = folder / "metrics.json", folder / "checkpoint.pt"
     if not folder.is_dir():
         raise UserError(f"{folder}: {'a file, not' if folder.exists() else 'no such'} run folder")
-    resume = f"finish it with python train/finetune.py --resume --out {folder}"
+    resume = f"finish it with {resume_command(folder)}"
     if not path.is_file():
         if ckpt.is_file():
             raise UserError(f"{folder}: the run is unfinished (a checkpoint, no metrics.json yet); {resume}")
@@ -62,49 +51,11 @@ def load_run(folder) -> Run:
     if ckpt.is_file() and ckpt.stat().st_mtime > path.stat().st_mtime:
         raise UserError(f"{folder}: the run was started again and is unfinished (its checkpoint is newer than "
                         f"metrics.json); {resume}")
-    try:
-        m = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({' '.join(str(e).split())[:100]})") from None
-    if not isinstance(m, dict):
-        raise UserError(f"{path}: not the metrics of a run (a JSON {type(m).__name__})")
-    for key, kind in REQUIRED.items():
-        if key not in m:
-            raise UserError(f"{path}: no {key!r} (written by an older train/finetune.py? run it again)")
-        if not isinstance(m[key], kind) or (kind is NUMBER and isinstance(m[key], bool)):
-            raise UserError(f"{path}: {key!r} is a {type(m[key]).__name__}")
-    check_details(m, path)
+    m = read_metrics(path)
     planned = m["config"].get("epochs")
     if isinstance(planned, int) and len(m["epochs"]) < planned:
         raise UserError(f"{folder}: the run is unfinished ({len(m['epochs'])} of {planned} epochs); {resume}")
     return Run(str(folder), m)
-
-
-def is_number(v) -> bool:
-    return isinstance(v, NUMBER) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_details(m: dict, path) -> None:
-    bad = lambda what: UserError(f"{path}: {what}")  # noqa: E731
-    if not m["epochs"] or not all(isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_KEYS) and all(
-            k in r and (r[k] is None or is_number(r[k])) for k in VAL_KEYS) for r in m["epochs"]):
-        raise bad(f"'epochs' must be a list of rows with {', '.join(EPOCH_KEYS + VAL_KEYS)}")
-    if not all(r["seconds"] > 0 for r in m["epochs"]):
-        raise bad("an epoch took no time")
-    names, confusion = m["class_names"], m["test_confusion"]
-    if not names or not all(isinstance(n, str) for n in names):
-        raise bad("'class_names' must be a list of names")
-    if list(m["test_per_class"]) != names or not all(v is None or is_number(v) for v in m["test_per_class"].values()):
-        raise bad("'test_per_class' must give an accuracy (or null) for each of 'class_names'")
-    if len(confusion) != len(names) or not all(isinstance(row, list) and len(row) == len(names) and all(
-            isinstance(v, int) and v >= 0 for v in row) for row in confusion):
-        raise bad(f"'test_confusion' must be {len(names)} x {len(names)} counts")
-    rates = m["learning_rates"]
-    if set(rates) != {"backbone", "head"} or not all(v is None or is_number(v) for v in rates.values()):
-        raise bad("'learning_rates' must give 'backbone' and 'head'")
-    for key in ("test_accuracy", "test_top5", "test_loss"):
-        if not math.isfinite(m[key]):
-            raise bad(f"{key!r} is not a finite number")
 
 
 def load_runs(folders) -> list[Run]:
@@ -288,6 +239,7 @@ def write_report(folders, out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file, not a folder")
+    refuse_run_folder(out, "-o")
     page = blocks(runs)
     pngs = {file: png_bytes(make(runs)) for file, (_, make) in FIGURES.items()}
     for file, data in pngs.items():

@@ -17,11 +17,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 
-from .checkpoint import load_checkpoint, run_folder, save_checkpoint
+from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, resume_command,
+                         save_checkpoint)
 from .config import TrainConfig
 from .data import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
 from .errors import UserError
+from .evaluate import metrics as test_metrics
+from .evaluate import predict
+from .files import keras_names_text
 from .memory import peak_memory_bytes, step_memory_bytes
 from .model import ResidualNetwork
 from .outputs import write_run
@@ -122,32 +126,18 @@ def check_finite(loss: float, epoch: int) -> None:
 
 @torch.no_grad()
 def evaluate(stepper: Stepper, batches: DeviceBatches) -> tuple[float, float]:
-    """(mean loss, accuracy) of the model on ``batches``, over every rank's shard."""
-    scores = scores_of(stepper, batches, [str(i) for i in range(stepper.model.num_classes)])
-    return scores["test_loss"], scores["test_accuracy"]
-
-
-@torch.no_grad()
-def scores_of(stepper: Stepper, batches: DeviceBatches, class_names: list[str]) -> dict:
-    """Loss, top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns:
-    predicted) over every rank's shard, counted on the device without a sync per batch."""
+    """(mean loss, accuracy) on ``batches`` (the validation split) in the training precision,
+    over every rank's shard, counted on the device without a sync per batch."""
     stepper.model.eval()
-    c = len(class_names)
-    sums = torch.zeros(2 + c * c, device=batches.device, dtype=torch.float64)  # loss sum, top-5 hits, confusion
-    confusion = sums[2:].view(c, c)
+    sums = torch.zeros(3, device=batches.device, dtype=torch.float64)  # loss sum, correct, count
     for x, y in batches.epoch(0):
         with stepper.autocast():
             logits = stepper.model(x).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        sums[1] += logits.topk(min(5, c), 1).indices.eq(y[:, None]).any(1).sum()
-        confusion.index_put_((y, logits.argmax(1)), torch.ones_like(y, dtype=torch.float64), accumulate=True)
-    sums = all_reduce(sums).cpu()
-    confusion = sums[2:].view(c, c).round().long()
-    n, per_class, correct = confusion.sum().item(), confusion.sum(1).tolist(), confusion.diag().tolist()
-    return {"test_accuracy": sum(correct) / n, "test_top5": sums[1].item() / n, "test_loss": sums[0].item() / n,
-            "class_names": class_names,  # a class without test images has no accuracy (null)
-            "test_per_class": {name: (k / m if m else None) for name, k, m in zip(class_names, correct, per_class)},
-            "test_per_class_images": dict(zip(class_names, per_class)), "test_confusion": confusion.tolist()}
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(y)
+    loss_sum, correct, n = all_reduce(sums).tolist()
+    return loss_sum / n, correct / n
 
 
 def learning_rates(optimizer, model: ResidualNetwork) -> dict:
@@ -185,13 +175,19 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     if cfg.batch_size % ctx.world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
                         f"{ctx.world} processes")
-    out = run_folder(cfg)
+    with hold_run_folder(cfg, writer=ctx.main) as out:  # held (locked) until the run ends
+        return train_in(out, cfg, ctx)
+
+
+def train_in(out, cfg: TrainConfig, ctx: RunContext) -> dict:
     torch.manual_seed(cfg.seed)
     device = ctx.device
     if device.type == "cpu":
         keep_freed_memory()
     channels_last = cfg.channels_last if cfg.channels_last is not None else True  # fastest on CPU and CUDA
-    model = prepare_model(cfg).to(device)
+    # A resumed run takes every weight from its checkpoint: the --weights file may be gone.
+    model = prepare_model(cfg, pretrained=checkpoint_model(out / "checkpoint.pt") if cfg.resume else None).to(device)
+    keras_names = None if cfg.resume else keras_names_text(cfg.init_from or cfg.weights)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -201,7 +197,6 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     shard = (ctx.rank, ctx.world)
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=shard)
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
-    test_batches = DeviceBatches(test, per_rank, device, **eval_kw)
     cache_seconds = None  # computing the frozen backbone's features once is counted in the first epoch
     if cfg.freeze and not cfg.augment:
         t0 = time.perf_counter()
@@ -220,7 +215,7 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
 
     history, start_epoch = [], 0
     if cfg.resume:
-        history, start_epoch = load_checkpoint(out / "checkpoint.pt", stepper, cfg)
+        history, start_epoch, keras_names = load_checkpoint(out / "checkpoint.pt", stepper, cfg)
         ctx.print(f"resuming {out} after epoch {start_epoch}")
 
     ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, cfg.compile)}"
@@ -236,19 +231,20 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
     try:
         history, scores = epochs_and_test(cfg, ctx, stepper, out=out, history=history, start_epoch=start_epoch,
                                           cache_seconds=cache_seconds, train_batches=train_batches,
-                                          val_batches=val_batches, test_batches=test_batches,
-                                          class_names=test.class_names)
-    except KeyboardInterrupt:
+                                          val_batches=val_batches, test=test, keras_names=keras_names)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated): the same message
         if len(history) > start_epoch or cfg.resume:  # this run's checkpoint is there
-            raise KeyboardInterrupt(f"{out}/checkpoint.pt keeps the run up to its last finished epoch; continue "
-                                    f"it with: python train/finetune.py --resume --out {out}") from None
-        raise KeyboardInterrupt("no epoch had finished, nothing was saved") from None
+            raise type(e)(f"{out / 'checkpoint.pt'} keeps the run up to its last finished epoch; continue "
+                          f"it with: {resume_command(out)}") from None
+        raise type(e)("no epoch had finished, nothing was saved") from None
     peak = peak_memory_bytes(device)
+    amp_name = str(stepper.autocast_dtype or "off").replace("torch.", "")
     metrics = {
         "regime": cfg.regime, **scores, "epochs": history,
         "trainable_parameters": trainable_parameters(model), "peak_memory_bytes": peak,
         "step_memory_bytes": step_memory, "device": str(device), "world_size": ctx.world,
-        "amp": str(stepper.autocast_dtype or "off").replace("torch.", ""), "channels_last": channels_last,
+        "amp": amp_name, "channels_last": channels_last,
+        "precision": {"train": amp_name, "validation": amp_name, "test": "float32"},  # test: as train/evaluate.py
         "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
         "learning_rates": learning_rates(optimizer, model), "feature_cache_seconds": cache_seconds,
         "config": asdict(cfg),
@@ -258,15 +254,16 @@ def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
               f"(peak memory {'unknown' if peak is None else f'{peak / 2**20:.0f} MiB'}, "
               f"step memory {'not measured' if step_memory is None else f'{step_memory / 2**20:.0f} MiB'})")
     if ctx.main:
-        write_run(out, model, metrics, names_from=cfg.init_from or cfg.weights)
+        write_run(out, model, metrics, keras_names)
         ctx.print(f"wrote {out}/model.pt, metrics.json, metrics.csv, curves.png")
     return metrics
 
 
 def epochs_and_test(cfg: TrainConfig, ctx: RunContext, stepper: Stepper, *, out, history: list, start_epoch: int,
                     cache_seconds: float | None, train_batches: DeviceBatches, val_batches: DeviceBatches | None,
-                    test_batches: DeviceBatches, class_names: list[str]) -> tuple[list, dict]:
-    """The epochs from ``start_epoch`` on (a checkpoint after each), then the test set's scores."""
+                    test: CifarSplit, keras_names: str | None) -> tuple[list, dict]:
+    """The epochs from ``start_epoch`` on (a checkpoint after each), then the test set's scores:
+    fp32, the very pass of train/evaluate.py, so both give one figure for one model."""
     device, optimizer = ctx.device, stepper.optimizer
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
@@ -286,5 +283,15 @@ def epochs_and_test(cfg: TrainConfig, ctx: RunContext, stepper: Stepper, *, out,
                   + (f" (with computing the backbone features once, {cache_seconds:.1f}s)"
                      if epoch == start_epoch and cache_seconds else " (on cached features)" if cache_seconds else ""))
         if ctx.main:
-            save_checkpoint(out / "checkpoint.pt", stepper, epoch=epoch, history=history, cfg=cfg)
-    return history, scores_of(stepper, test_batches, class_names)
+            save_checkpoint(out / "checkpoint.pt", stepper, epoch=epoch, history=history, cfg=cfg,
+                            keras_names=keras_names,
+                            replaces_earlier_run=cfg.overwrite and not cfg.resume and epoch == start_epoch)
+    return history, test_scores(stepper.model, test, cfg.batch_size, device)
+
+
+def test_scores(model: ResidualNetwork, test: CifarSplit, batch_size: int, device) -> dict:
+    """The test split's scores in fp32 (``evaluate.predict``), under the names of metrics.json."""
+    scores, confusion = test_metrics(predict(model, test, batch_size, device), test.labels, test.class_names)
+    return {"test_accuracy": scores["top1"], "test_top5": scores["top5"], "test_loss": scores["loss"],
+            "class_names": test.class_names, "test_per_class": scores["per_class"],
+            "test_per_class_images": scores["per_class_images"], "test_confusion": confusion.tolist()}
