@@ -11,6 +11,7 @@ Run in a subprocess (TensorFlow stays out of the pytest process):
 - k3_custom.keras and k3_custom.weights.h5: the author's own block class (``NamedBlock``: its
   attributes norm_a, conv_a, norm_b, conv_b, skip; the shortcut created first), a 10-class head,
   compiled and with Adam's state, ``model.save`` and ``save_weights``;
+- k3_functional.keras: the network built with the functional API (Keras' own layers only);
 - k2_weights.h5 and k2_model.h5: Keras 2 (tf-keras, TF_USE_LEGACY_KERAS=1), the seed's
   numbering (``block_9``, ``conv2d_22``), the shortcut created first, ``save_weights`` and
   ``model.save``.
@@ -65,6 +66,21 @@ def custom_model(classes):
                                layers.GlobalAveragePooling2D(), layers.Dense(classes)])
 
 
+def functional_model(classes):
+    """The network built with Keras' functional API, of Keras' own layers only."""
+    L = keras.layers
+    conv = lambda cout, k, s=1: L.Conv2D(cout, k, strides=s, padding="same", use_bias=False)
+    inputs = keras.Input((32, 32, 3))
+    x = conv(16, 3)(inputs)
+    for cin, cout, s in BLOCKS:
+        y = L.Activation("silu")(L.BatchNormalization()(x))
+        shortcut = x if cin == cout else conv(cout, 1, s)(y)
+        y = conv(cout, 3)(L.Activation("silu")(L.BatchNormalization()(conv(cout, 3, s)(y))))
+        x = L.Add()([y, shortcut])
+    x = L.GlobalAveragePooling2D()(L.Activation("silu")(L.BatchNormalization()(x)))
+    return keras.Model(inputs, L.Dense(classes)(x))
+
+
 def keras2_model(classes):
     import tf_keras as k2
 
@@ -105,6 +121,11 @@ def make(out):
     km.randomize(model, 20)
     model.save_weights(out / "k3_build.weights.h5")
     keep("k3_build", model)
+
+    model = functional_model(100)
+    km.randomize(model, 5)
+    model.save(out / "k3_functional.keras")
+    keep("k3_functional", model)
 
     model = custom_model(10)
     km.randomize(model, 21)

@@ -28,6 +28,7 @@ FORMATS = [  # (file, the Keras model that wrote it, what it is)
     ("k3_build.weights.h5", "k3_build", "Keras 3 save_weights, keras_model.build"),
     ("k3_custom.weights.h5", "k3_custom", "Keras 3 save_weights, own block class, 10 classes"),
     ("k3_custom.keras", "k3_custom", "Keras 3 model.save .keras, own block class, Adam state"),
+    ("k3_functional.keras", "k3_functional", "Keras 3 model.save .keras, functional API"),
     ("k2_weights.h5", "k2", "Keras 2 save_weights .h5, seed numbering, shortcut first"),
     ("k2_model.h5", "k2", "Keras 2 model.save .h5"),
 ]
@@ -190,9 +191,9 @@ def refused(tmp_path, capsys):
     return check
 
 
-def keras_with_config(files, path, edit):
-    """k3_custom.keras with its config.json changed by ``edit``; the weights as Keras wrote them."""
-    with zipfile.ZipFile(files / "k3_custom.keras") as z:
+def keras_with_config(files, path, edit, name="k3_custom.keras"):
+    """A .keras with its config.json changed by ``edit``; the weights as Keras wrote them."""
+    with zipfile.ZipFile(files / name) as z:
         config, weights = json.loads(z.read("config.json")), z.read("model.weights.h5")
     edit(config["config"]["layers"])
     with zipfile.ZipFile(path, "w") as z:
@@ -226,6 +227,19 @@ def set_key(index, key, value):
 ], ids=["conv bias", "BN epsilon", "relu", "8 blocks", "stride"])
 def test_config_of_another_network_is_refused(files, tmp_path, refused, edit, needles):
     refused(keras_with_config(files, tmp_path / "other.keras", edit), "config.json", *needles)
+
+
+def strides_of_first(layers, value):
+    next(l for l in layers if l["config"].get("strides") == [2, 2])["config"]["strides"] = value
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda layers: strides_of_first(layers, [1, 1]), ("3 Conv2D with stride 2 layers", "has 4")),
+    (lambda layers: layers.insert(3, {"class_name": "Dropout", "config": {"name": "dropout"}}),
+     ("'dropout' is a Dropout", "only Conv2D")),
+], ids=["stride", "dropout"])
+def test_functional_config_of_another_network_is_refused(files, tmp_path, refused, edit, needles):
+    refused(keras_with_config(files, tmp_path / "other.keras", edit, "k3_functional.keras"), "config.json", *needles)
 
 
 def edited_h5(files, tmp_path, edit, name="k3_build.weights.h5"):

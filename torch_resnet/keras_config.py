@@ -6,7 +6,8 @@ A Sequential model is checked layer by layer: the stem, 9 residual blocks (the a
 class, whose inside the config does not show), BatchNormalization, SiLU, global average pooling,
 Dense. The widths and strides of the blocks are read from the input shapes Keras 3 records
 (``build_config``); a block's own settings only where its config names them (``activation``,
-``use_bias``). A model of the author's own class says nothing checkable: its weights decide.
+``use_bias``). A Functional model, made of Keras' own layers only, by the kinds, counts and
+settings of its layers. A model of the author's own class says nothing checkable: its weights decide.
 """
 from __future__ import annotations
 
@@ -40,12 +41,12 @@ def check_config(text: str, where: str) -> int | None:
     _refuse_code(config, where)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise UserError(f"{where}: not a Keras model description")
+    layers = config["config"].get("layers")
+    layers = [l for l in layers if _get(l, "class_name") != "InputLayer"] if isinstance(layers, list) else []
     if config.get("class_name") in ("Functional", "Model"):
-        raise UserError(f"{where}: a Functional model; the converter checks Sequential models like the "
-                        f"course's (save the weights alone with model.save_weights('x.weights.h5') to convert them)")
+        return _check_functional(layers, where)
     if config.get("class_name") != "Sequential":
         return None
-    layers = [l for l in config["config"].get("layers") or [] if _get(l, "class_name") != "InputLayer"]
     kinds = [_kind(l) for l in layers]
     for i, want in enumerate(LAYOUT):
         if i >= len(layers):
@@ -58,13 +59,42 @@ def check_config(text: str, where: str) -> int | None:
         raise UserError(f"{where}: layer #{len(LAYOUT) + 1} {_name(layers[len(LAYOUT)])!r} comes after the Dense "
                         f"head; this network ends there")
     for i, layer in enumerate(layers):
-        settings = _get(layer, "config") or {}
-        for key, want in ({**STEM, **CONV} if i == 0 else EXPECTED[kinds[i]]).items():
-            if key in settings and not (settings[key] in want if isinstance(want, tuple) else settings[key] == want):
-                raise UserError(f"{where}: {_describe(i)} {_name(layer)!r} has {key} {settings[key]!r}; this "
-                                f"network's has {want[0] if isinstance(want, tuple) else want!r}")
+        _check_settings(layer, {**STEM, **CONV} if i == 0 else EXPECTED[kinds[i]], _describe(i), where)
     _check_shapes(layers, where)
-    units = layers[-1]["config"].get("units")
+    return _units(layers[-1])
+
+
+def _check_functional(layers, where) -> int | None:
+    """A Functional model is a graph of Keras' own layers: their kinds, counts and settings."""
+    want = {"Conv2D": 1 + 2 * len(BLOCKS) + sum(cin != cout for cin, cout, _ in BLOCKS),
+            "BatchNormalization": 2 * len(BLOCKS) + 1, "Activation": 2 * len(BLOCKS) + 1, "Add": len(BLOCKS),
+            "GlobalAveragePooling2D": 1, "Dense": 1}
+    for layer in layers:
+        cls = _get(layer, "class_name")
+        if cls not in want:
+            raise UserError(f"{where}: layer {_name(layer)!r} is a {cls}; a Functional model of this network has "
+                            f"only {', '.join(want)} layers")
+        _check_settings(layer, {**CONV, "kernel_size": ([3, 3], [1, 1]), "strides": ([1, 1], [2, 2])}
+                        if cls == "Conv2D" else EXPECTED.get(cls, {}), f"the {cls}", where)
+    found = {cls: sum(_get(l, "class_name") == cls for l in layers) for cls in want}
+    found["Conv2D with stride 2"] = sum(_get(_get(l, "config"), "strides") == [2, 2] for l in layers)
+    want["Conv2D with stride 2"] = 2 * sum(stride == 2 for _, _, stride in BLOCKS)
+    for cls, n in want.items():
+        if found[cls] != n:
+            raise UserError(f"{where}: {found[cls]} {cls} layers, where this network has {n}")
+    return _units(next(l for l in layers if _get(l, "class_name") == "Dense"))
+
+
+def _check_settings(layer, wanted: dict, what: str, where: str) -> None:
+    settings = _get(layer, "config") if isinstance(_get(layer, "config"), dict) else {}
+    for key, want in wanted.items():
+        if key in settings and not (settings[key] in want if isinstance(want, tuple) else settings[key] == want):
+            raise UserError(f"{where}: {what} {_name(layer)!r} has {key} {settings[key]!r}; this network's "
+                            f"has {want[0] if isinstance(want, tuple) else want!r}")
+
+
+def _units(dense) -> int | None:
+    units = _get(_get(dense, "config"), "units")
     return units if isinstance(units, int) else None
 
 

@@ -97,9 +97,11 @@ class Reader:
 
     def names(self, obj, attr: str) -> list[str]:
         """A list-of-names attribute, also as Keras 2 splits a long one (``attr0``, ``attr1``...)."""
-        keys = [attr] if attr in obj.attrs else []
-        while not keys[:1] == [attr] and f"{attr}{len(keys)}" in obj.attrs:
-            keys.append(f"{attr}{len(keys)}")
+        keys = [attr]
+        if attr not in obj.attrs:
+            keys = []
+            while f"{attr}{len(keys)}" in obj.attrs:
+                keys.append(f"{attr}{len(keys)}")
         out = []
         for key in keys:
             self.check_attr(obj, key)
