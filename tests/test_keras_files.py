@@ -19,8 +19,10 @@ from safetensors.torch import load_file, save_file
 from conftest import FIGURES, ROOT, assert_refused, call_script
 from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.convert import convert_keras_file
-from torch_resnet.files import keras_names_text, load_model, names_sidecar
+from torch_resnet.data import CIFAR10
 from torch_resnet.errors import UserError
+from torch_resnet.files import keras_names_text, load_model, names_sidecar
+from torch_resnet.synthetic import write_cifar
 
 CONVERTER, EXPORTER = "convert/keras_pickle_to_pt.py", "convert/pt_to_keras_pickle.py"
 TOL = 1e-4
@@ -72,6 +74,18 @@ def test_safetensors_output_loads_and_keeps_the_names(files, tmp_path, capsys):
     names = json.loads(keras_names_text(out))  # in the metadata, where --weights and the trainer find them
     assert names["format"] == "Keras 3 .keras" and len(names["keras3_h5"]["tensors"]) == 100
     assert torch.equal(load_model(out).head.weight, load_file(out)["head.weight"])  # what --weights reads
+
+
+def test_evaluate_takes_safetensors_as_it_takes_a_pt(files, tmp_path, capsys):
+    write_cifar(tmp_path / "data", CIFAR10, 0, 20, seed=1)
+    reports = []
+    for weights in (tmp_path / "w.pt", tmp_path / "w.safetensors"):
+        convert_keras_file(files / "k3_custom.keras", weights)
+        rc, _, err = call_script(capsys, "train/evaluate.py", "--weights", weights, "--data-dir", tmp_path / "data",
+                                 "--no-download", "--device", "cpu", "--out", tmp_path / weights.suffix[1:])
+        assert rc == 0, err
+        reports.append(json.loads((tmp_path / weights.suffix[1:] / "eval.json").read_text()))
+    assert [r["loss"] for r in reports] == [reports[0]["loss"]] * 2 and reports[0]["n_images"] == 20
 
 
 def test_block_roles_by_shape_or_spelled_order_else_refused(files, tmp_path, capsys):
