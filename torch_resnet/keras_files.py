@@ -26,6 +26,7 @@ from .safetensors_io import is_safetensors
 HDF5_MAGIC, ZIP_MAGIC = b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"
 MAX_WEIGHTS_ENTRY = 100 * 2**20  # a .keras's model.weights.h5, optimizer state included (52 MB with Adam)
 MAX_CONFIG_ENTRY = 2**20
+NOT_KERAS = "not a Keras pickle, .keras or .h5"
 NEEDS_NO_CONVERSION = ("it needs no conversion; train/finetune.py --weights and train/evaluate.py --weights take it "
                        "(convert/pt_to_keras_pickle.py turns it back into Keras weights)")
 
@@ -57,7 +58,7 @@ def read_keras_file(path) -> KerasFile:
     if kind == "zip":
         return _guarded(path, lambda: _read_zip(path))
     if kind == "safetensors":
-        raise UserError(f"{path} is a safetensors state dict (PyTorch), not Keras weights: {NEEDS_NO_CONVERSION}")
+        raise UserError(f"{path} is a safetensors state dict (PyTorch), {NOT_KERAS}: {NEEDS_NO_CONVERSION}")
     return KerasFile("Keras pickle", load_array_dict(path))
 
 
@@ -92,7 +93,7 @@ def _read_zip(path) -> KerasFile:
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         if any(n.endswith("data.pkl") for n in names):
-            raise UserError(f"{path} is a PyTorch file (torch.save), not Keras weights: {NEEDS_NO_CONVERSION}")
+            raise UserError(f"{path} is a PyTorch file (torch.save), {NOT_KERAS}: {NEEDS_NO_CONVERSION}")
         if not {"config.json", "model.weights.h5"} <= names:
             raise UserError(f"{path}: a zip archive without config.json and model.weights.h5: not a Keras 3 .keras "
                             f"file (nor a PyTorch file)")
