@@ -41,7 +41,9 @@ def tiny(tmp_path_factory):
 def api_runs(setup, tiny):
     """Both regimes through the API: the frozen one from a network object, the full one from it."""
     _, weights = setup
-    frozen = tr.finetune(tr.load(weights), freeze=True, epochs=1, data_dir=tiny / "data", out=tiny / "freeze", **TINY)
+    start = tr.load(weights)
+    frozen = tr.finetune(start, freeze=True, epochs=1, data_dir=tiny / "data", out=tiny / "freeze", **TINY)
+    assert start.num_classes == 100 and type(start.backbone.blocks[0].bn1) is torch.nn.BatchNorm2d  # unchanged
     full = tr.finetune(frozen, epochs=1, data_dir=tiny / "data", out=tiny / "full", **TINY)
     return frozen, full
 
@@ -97,9 +99,9 @@ def test_finetune_gives_the_scripts_weights_in_both_regimes(api_runs, tiny, setu
     assert full.metrics["config"]["init_from"] == str(tiny / "freeze/model.pt")
     assert full.metrics["learning_rates"] == {"backbone": 1e-5, "head": 1e-5}
     assert not torch.equal(full.model.head.weight, frozen.model.head.weight)
-    # the network object was kept in the run folder, with its Keras names: the run can be resumed
-    assert frozen.metrics["config"]["weights"] == str(tiny / "freeze/start.pt")
-    assert names_sidecar(tiny / "freeze/start.pt").is_file() and names_sidecar(frozen.folder / "model.pt").is_file()
+    # the network object was copied, not changed, and its Keras names came along for the way back
+    assert frozen.metrics["config"]["weights"] == "<ResidualNetwork object>"
+    assert names_sidecar(frozen.folder / "model.pt").is_file() and not (tiny / "freeze/start.pt").exists()
     assert "test top-1" in repr(full) and "data:image/png;base64," in frozen._repr_html_()
 
 
@@ -151,10 +153,10 @@ def test_errors_are_the_scripts(api_runs, setup, keras_fixtures, tmp_path, capsy
         tr.finetune(weights, epoch=3)
     with pytest.raises(UserError, match="^--init-from starts the full regime from a --freeze run; it cannot"):
         tr.finetune(frozen, freeze=True)
-    kept = (frozen.folder / "start.pt").stat().st_mtime_ns
+    kept = {p.name: p.read_bytes() for p in frozen.folder.iterdir()}
     with pytest.raises(UserError, match="already holds a run"):  # refused before anything is written
         tr.finetune(frozen.model, freeze=True, out=frozen.folder)
-    assert (frozen.folder / "start.pt").stat().st_mtime_ns == kept
+    assert {p.name: p.read_bytes() for p in frozen.folder.iterdir()} == kept
     rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", weights, "-o", "x.pt")
     with pytest.raises(UserError) as as_api:
         tr.from_keras(weights, out="x.pt")

@@ -13,6 +13,7 @@ defaults; an error a user can fix is a ``UserError`` with the scripts' own messa
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import html
 import os
@@ -23,7 +24,6 @@ import torch
 from matplotlib.figure import Figure
 
 from . import convert, evaluate as evaluation, report as reporting, train
-from .checkpoint import run_folder
 from .config import TrainConfig
 from .errors import UserError
 from .files import atomic_write, load_model, names_sidecar
@@ -121,9 +121,8 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     Parameters
     ----------
     model_or_path : ResidualNetwork, str, Path or Run, optional
-        Where to start. A network (e.g. from ``from_keras``; kept in the run folder as
-        ``start.pt`` so that the run can be resumed) or the path of a state dict gets a new
-        10-class head. A ``Run`` of the frozen regime starts the full regime from its model, head
+        Where to start. A network (e.g. from ``from_keras``; it is copied, not changed) or the
+        path of a state dict gets a new 10-class head. A ``Run`` of the frozen regime starts the full regime from its model, head
         included (``--init-from``). Default: ``weights/resnet_cifar100.pt``.
     freeze : bool
         True: the backbone is frozen and only the new head trains. False: every convolution and
@@ -154,11 +153,10 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
         model = model_or_path
     elif model_or_path is not None:
         given["weights"] = model_or_path
+    if model is not None:  # recorded as the run's --weights; a resume needs only the run's checkpoint
+        given["weights"] = f"<{type(model).__name__} object>"
     cfg = TrainConfig(**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in given.items()})
-    if model is not None:
-        run_folder(cfg)  # an earlier run there is refused before anything is written
-        cfg = dataclasses.replace(cfg, weights=str(save(model, cfg.out_dir / "start.pt")))
-    metrics = train.main(cfg)
+    metrics = train.main(cfg, pretrained=None if model is None else copy.deepcopy(model))
     return Run(cfg.out_dir, metrics, load(cfg.out_dir / "model.pt"))
 
 

@@ -151,10 +151,12 @@ def learning_rates(optimizer, model: ResidualNetwork) -> dict:
     return rates
 
 
-def main(cfg: TrainConfig) -> dict:
-    """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the metrics."""
+def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None) -> dict:
+    """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the
+    metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``;
+    its Keras names, for the way back, in its ``keras_names`` attribute (as ``api.load`` sets it)."""
     with distributed(cfg.device) as ctx:
-        return train_and_test(cfg, ctx)
+        return train_and_test(cfg, ctx, pretrained)
 
 
 def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSplit | None, CifarSplit]:
@@ -171,23 +173,26 @@ def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSpl
     return train, val, test
 
 
-def train_and_test(cfg: TrainConfig, ctx: RunContext) -> dict:
+def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None = None) -> dict:
     if cfg.batch_size % ctx.world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
                         f"{ctx.world} processes")
     with hold_run_folder(cfg, writer=ctx.main) as out:  # held (locked) until the run ends
-        return train_in(out, cfg, ctx)
+        return train_in(out, cfg, ctx, pretrained)
 
 
-def train_in(out, cfg: TrainConfig, ctx: RunContext) -> dict:
+def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None) -> dict:
     torch.manual_seed(cfg.seed)
     device = ctx.device
     if device.type == "cpu":
         keep_freed_memory()
     channels_last = cfg.channels_last if cfg.channels_last is not None else True  # fastest on CPU and CUDA
     # A resumed run takes every weight from its checkpoint: the --weights file may be gone.
-    model = prepare_model(cfg, pretrained=checkpoint_model(out / "checkpoint.pt") if cfg.resume else None).to(device)
-    keras_names = None if cfg.resume else keras_names_text(cfg.init_from or cfg.weights)
+    if cfg.resume:
+        pretrained = checkpoint_model(out / "checkpoint.pt")
+    keras_names = (None if cfg.resume else getattr(pretrained, "keras_names", None) if pretrained is not None
+                   else keras_names_text(cfg.init_from or cfg.weights))
+    model = prepare_model(cfg, pretrained=pretrained).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -246,6 +251,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext) -> dict:
         "amp": amp_name, "channels_last": channels_last,
         "precision": {"train": amp_name, "validation": amp_name, "test": "float32"},  # test: as train/evaluate.py
         "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
+        "stand_in_data": test.stand_in,  # synthetic.write_cifar's stand-in, not CIFAR-10: the report says so
         "learning_rates": learning_rates(optimizer, model), "feature_cache_seconds": cache_seconds,
         "config": asdict(cfg),
     }
