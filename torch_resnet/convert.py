@@ -11,7 +11,7 @@ import torch
 
 from . import safetensors_io
 from .errors import Problems, UserError
-from .files import atomic_write, load_model, names_sidecar
+from .files import atomic_write, load_model, names_sidecar, save_torch
 from .keras_files import read_keras_file
 from .keras_h5 import write_keras3
 from .keras_map import (TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, keras3_h5_layout,
@@ -89,14 +89,11 @@ def convert_keras_file(src, dst, shortcut_from_raw: bool = False):
         names["keras3_h5"] = {"tensors": [[keras.h5_paths[k], t, str(keras.arrays[k].dtype)] for k, t in mapping.pairs],
                               "groups": keras.h5_groups}
 
-    def write(tmp):  # the names file first, inside the weights' write: a failure leaves neither
-        if dst.suffix == ".safetensors":
-            return safetensors_io.write(tmp, state, names)
-        atomic_write(names_sidecar(dst), lambda tmp2: Path(tmp2).write_text(json.dumps(names, indent=1)))
-        with open(tmp, "wb") as f:  # through a file object: a full disk is an OSError (files.atomic_write)
-            torch.save(state, f)
-
-    atomic_write(dst, write)
+    if dst.suffix == ".safetensors":
+        atomic_write(dst, lambda tmp: safetensors_io.write(tmp, state, names))
+    else:  # the names file once the weights are whole on disk, just before they are renamed into place
+        save_torch(state, dst, lambda: atomic_write(names_sidecar(dst), lambda tmp: Path(tmp).write_text(
+            json.dumps(names, indent=1))))
     return keras.arrays, mapping
 
 
