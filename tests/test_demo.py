@@ -28,6 +28,7 @@ def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
     freeze, full, report_cmd, *next_steps = printed_commands(out)
     assert freeze[:2] == ["train/finetune.py", "--freeze"] and "--lr" in freeze and report_cmd[0] == "train/report.py"
     assert [c[0] for c in next_steps] == ["train/finetune.py", "train/finetune.py", "train/report.py",
+                                          "train/evaluate.py", "convert/pt_to_keras_pickle.py",
                                           "train/finetune.py", "convert/keras_pickle_to_pt.py"]
 
     # The printed freeze command, run again, gives the demo's own run exactly.
@@ -46,6 +47,14 @@ def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
         assert rc == 0, (command, err)
     rc, _, err = call_script(capsys, *next_steps[2])
     assert rc == 0 and (tmp_path / "report" / "report.html").is_file(), err
+    rc, _, err = call_script(capsys, *next_steps[3])  # evaluate the full run's model on the same data
+    evaluated = json.loads((tmp_path / "eval_full" / "eval.json").read_text())
+    assert rc == 0 and evaluated["top1"] == json.loads((tmp_path / "runs/full/metrics.json").read_text())[
+        "test_accuracy"], err
+    rc, _, err = call_script(capsys, *next_steps[4])  # and back to Keras
+    assert rc == 0 and (tmp_path / "model_keras.pkl").is_file(), err
+    rc, _, err = call_script(capsys, *next_steps[5])  # the resume hint, on a finished run: refused, unchanged
+    assert rc == 2 and "holds a finished run" in err
     metrics = json.loads((tmp_path / "runs" / "freeze" / "metrics.json").read_text())
     assert metrics["val_images"] == 15 and metrics["train_images"] == 135  # the default tenth held out
     assert metrics["learning_rates"]["head"] == 1e-3  # the trainer's default, as the README says

@@ -19,7 +19,7 @@ from torch_resnet import ResidualNetwork, images_to_input, train  # noqa: E402
 from torch_resnet.config import TrainConfig, command_line  # noqa: E402
 from torch_resnet.convert import convert_pickle, state_dict_to_keras  # noqa: E402
 from torch_resnet.data import CIFAR10, load_cifar  # noqa: E402
-from torch_resnet.errors import ArgumentParser, UserError, cli  # noqa: E402
+from torch_resnet.errors import ArgumentParser, UserError, cli, shell_command  # noqa: E402
 from torch_resnet.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT, atomic_write  # noqa: E402
 from torch_resnet.report import write_report  # noqa: E402
 from torch_resnet.synthetic import write_cifar  # noqa: E402
@@ -51,7 +51,7 @@ def python() -> str:
 
 
 def shell(script: str, args: list[str]) -> str:
-    return " ".join([python(), script, *(a if a and " " not in a else repr(a) for a in args)])
+    return shell_command(script, args, python())
 
 
 @cli
@@ -119,7 +119,9 @@ def next_steps(weights: Path, data_dir: Path, results: list[dict], real: bool) -
     print(f"  {shell('train/finetune.py', ['--freeze', *own_weights, *own_data, '--out', 'runs/freeze'])}")
     print(f"  {shell('train/finetune.py', ['--init-from', 'runs/freeze/model.pt', *own_data, '--out', 'runs/full'])}")
     print(f"  {shell('train/report.py', ['runs/freeze', 'runs/full', '-o', 'report'])}")
-    print(f"a stopped run (Ctrl-C) continues where it was with\n  "
+    print(f"  {shell('train/evaluate.py', ['--weights', 'runs/full/model.pt', *own_data, '--out', 'eval_full'])}")
+    print(f"  {shell('convert/pt_to_keras_pickle.py', ['runs/full/model.pt', '-o', 'model_keras.pkl'])}")
+    print(f"a run stopped before its end (Ctrl-C) continues where it was with\n  "
           f"{shell('train/finetune.py', ['--resume', '--out', 'runs/full'])}")
     if not real:
         print(f"for the course's results: put its pickle at {DEFAULT_PICKLE}, convert it with\n  "
