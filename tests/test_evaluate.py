@@ -145,3 +145,26 @@ def test_refuses_incomplete_or_corrupt_data(tmp_path, data_dir, weights, capsys)
     refused(capsys, tmp_path, ["'data' must be uint8", "float32"], *args)
     test_file.write_bytes(b"\x80\x02}q\x00(")  # a truncated pickle
     refused(capsys, tmp_path, ["not a readable pickle"], *args)
+
+
+def test_a_stand_in_test_set_is_said(tmp_path, capsys):
+    write_cifar(tmp_path / "data", CIFAR10, 0, 20)
+    torch.manual_seed(0)
+    torch.save(ResidualNetwork(10).state_dict(), tmp_path / "ten.pt")
+    rc, out, err = call_script(capsys, EVALUATE, "--weights", tmp_path / "ten.pt", "--data-dir", tmp_path / "data",
+                               "--out", tmp_path / "eval", "--no-download")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["stand_in_data"] is True
+    assert "stand-in data (synthetic images in CIFAR format), not CIFAR" in out
+
+
+def test_worst_classes_are_those_below_100_percent():
+    from torch_resnet.evaluate import format_summary
+
+    report = {"dataset": "cifar10", "n_images": 9, "weights": "w.pt", "settings": "cpu", "top1": 0.8, "top5": 1.0,
+              "loss": 0.5, "per_class": {"cat": 1.0, "dog": 0.5, "ship": None, "frog": 1.0, "bird": 0.75},
+              "per_class_images": {"cat": 2, "dog": 2, "ship": 0, "frog": 1, "bird": 4}}
+    lines = format_summary(report).splitlines()
+    assert lines[-1] == "worst classes: dog 50.0% (1/2), bird 75.0% (3/4)" and "stand-in" not in format_summary(report)
+    report["per_class"].update(dog=1.0, bird=1.0)
+    assert format_summary(report).splitlines()[-1] == "worst classes: none: every class with test images is at 100 %"

@@ -3,6 +3,7 @@ is the one in the runs' metrics.json, the figures are written, bad folders are o
 import base64
 import json
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -204,3 +205,105 @@ def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):
         rc, _, err = report(capsys, *argv)
         assert_refused(rc, err, needle)
     assert not (tmp_path / "report").exists()  # the default -o: nothing written
+
+
+# ----------------------------------------------------------------------------- figures and stand-ins
+
+def suptitle(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle else ""
+
+
+def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, tmp_path, capsys, monkeypatch):
+    from torch_resnet import outputs
+    from torch_resnet.data import load_cifar
+    from torch_resnet.report import FIGURES, blocks, load_runs, to_markdown
+
+    assert load_cifar(runs / "data", CIFAR10, "test").stand_in  # synthetic.write_cifar marks its batches.meta
+    assert all(metrics_of(runs / r)["stand_in_data"] is True for r in ("freeze", "full"))
+    assert report(capsys, runs / "freeze", runs / "full", "-o", tmp_path / "rep")[0] == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.startswith("# Fine-tuning report on stand-in data: ") and "not on CIFAR-10" in md
+    assert {r[0]: r[1:] for r in tables(md)[0]}["data"] == ["stand-in (synthetic)"] * 2
+    for file, (_, make) in FIGURES.items():
+        assert "Stand-in data" in suptitle(make(load_runs([runs / "freeze", runs / "full"]))), file
+    figures = {}  # a run's own curves.png, as the trainer writes it
+    monkeypatch.setattr(outputs, "write_png", lambda path, fig, dpi=100: figures.setdefault(path.name, fig))
+    outputs.write_run(tmp_path / "run", ResidualNetwork(10), metrics_of(runs / "freeze"), None)
+    assert "Stand-in data" in suptitle(figures["curves.png"])
+
+    # The real data set has no marker; a metrics.json of an older run has no key: both still reported.
+    meta = runs / "data" / CIFAR10.folder / CIFAR10.meta_file
+    real = tmp_path / "real" / CIFAR10.folder
+    shutil.copytree(meta.parent, real)
+    with open(meta, "rb") as f:
+        names = pickle.load(f)
+    del names[b"stand_in"]
+    (real / CIFAR10.meta_file).write_bytes(pickle.dumps(names, protocol=2))
+    assert not load_cifar(tmp_path / "real", CIFAR10, "test").stand_in
+    shutil.copytree(runs / "full", tmp_path / "older")
+    edit_metrics(lambda m: m.pop("stand_in_data"))(tmp_path / "older")
+    older = load_runs([tmp_path / "older"])
+    md = to_markdown(blocks(older))
+    assert "stand-in" not in md.split("\n", 1)[0] and "not recorded (older run)" in md
+    assert not suptitle(FIGURES["curves.png"][1](older))
+    mixed = to_markdown(blocks(load_runs([runs / "freeze", tmp_path / "older"])))
+    assert f"{runs / 'freeze'} was trained and tested on a stand-in" in mixed
+    edit_metrics(lambda m: m.update(stand_in_data="yes"))(tmp_path / "older")
+    rc, _, err = report(capsys, tmp_path / "older", "-o", tmp_path / "bad")
+    assert_refused(rc, err, "'stand_in_data' is a str")
+
+
+def visible_ticks(ax) -> list[float]:
+    low, high = ax.get_xlim()
+    return [t for t in ax.get_xticks() if low <= t <= high]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7])
+def test_every_epoch_axis_has_whole_epochs(runs, epochs):
+    from torch_resnet.outputs import curves_figure as run_curves
+    from torch_resnet.report import Run
+    from torch_resnet.report_figures import curves_figure
+
+    m = metrics_of(runs / "freeze")
+    m["epochs"] = [{**m["epochs"][0], "epoch": e + 1} for e in range(epochs)]
+    for fig in (run_curves(m["epochs"], "freeze"), curves_figure([Run("a", m), Run("b", m)])):
+        for ax in fig.axes:
+            ticks = visible_ticks(ax)
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+            assert 1 in ticks
+
+
+def test_more_than_ten_runs_get_distinct_colours(runs):
+    from matplotlib.colors import to_hex
+    from torch_resnet.report import Run
+    from torch_resnet.report_figures import curves_figure, per_class_figure
+
+    m = metrics_of(runs / "full")
+    many = [Run(f"run {i}", m) for i in range(23)]
+    for n in (12, 23):
+        acc_ax = curves_figure(many[:n]).axes[0]
+        assert len({to_hex(line.get_color()) for line in acc_ax.get_lines()}) == n
+        bars = per_class_figure(many[:n]).axes[0].containers
+        assert len({to_hex(c.patches[0].get_facecolor()) for c in bars}) == n
+
+
+def test_confusion_cells_show_their_share_readably():
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from torch_resnet.outputs import confusion_figure
+
+    confusion = np.zeros((10, 10), int)
+    confusion[np.arange(10), np.arange(10)] = 90  # dark diagonal cells
+    confusion[0, 1], confusion[2, 3], confusion[4, 5] = 10, 1, 900  # light ones; a share below 1 %; a dark one
+    ax = confusion_figure(confusion, [f"c{i}" for i in range(10)], "t").axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}
+    assert set(cells) == {tuple(ij) for ij in np.argwhere(confusion)}  # every non-empty cell, none other
+    assert [cells[k].get_text() for k in ((0, 0), (0, 1), (2, 3), (4, 5), (4, 4))] == ["90", "10", "1", "91", "9"]
+    white, black = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+    assert to_rgb(cells[0, 0].get_color()) == white and to_rgb(cells[4, 5].get_color()) == white
+    assert to_rgb(cells[0, 1].get_color()) == black and to_rgb(cells[4, 4].get_color()) == black
+    confusion[2, 2] = 900
+    assert {t.get_text() for t in confusion_figure(confusion, [f"c{i}" for i in range(10)], "t").axes[0].texts
+            if t.get_position() == (3, 2)} == {"<1"}
+    many = np.eye(100, dtype=int) * 5
+    assert not confusion_figure(many, [f"c{i}" for i in range(100)], "t").axes[0].texts  # 10,000 cells: unreadable

@@ -33,6 +33,7 @@ CIFAR10 = CifarFormat("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" 
 CIFAR100 = CifarFormat("cifar100", "cifar-100-python", ("train",), "test", "meta", b"fine_labels",
                        b"fine_label_names", 100, "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
 FORMATS = {f.name: f for f in (CIFAR10, CIFAR100)}
+STAND_IN_KEY = b"stand_in"  # in the meta file of a stand-in data set (synthetic.write_cifar); the real one has none
 
 
 @dataclass
@@ -40,6 +41,7 @@ class CifarSplit:
     images: torch.Tensor  # uint8, N x 3 x 32 x 32
     labels: torch.Tensor  # int64, N
     class_names: list[str]
+    stand_in: bool = False  # a stand-in made by synthetic.write_cifar (its batches.meta says so), not CIFAR
 
 
 def _read_batch(path: Path, fmt: CifarFormat):
@@ -105,9 +107,10 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
         if not (root / name).is_file():
             raise UserError(f"{root} is incomplete: {name} is missing")
         parts.append(_read_batch(root / name, fmt))
-    names = [f"class_{i}" for i in range(fmt.num_classes)]
+    names, stand_in = [f"class_{i}" for i in range(fmt.num_classes)], False
     if (root / fmt.meta_file).is_file():
         meta = safe_load(root / fmt.meta_file, encoding="bytes")
+        stand_in = isinstance(meta, dict) and meta.get(STAND_IN_KEY) is True
         listed = meta.get(fmt.names_key) if isinstance(meta, dict) else None
         if isinstance(listed, (list, tuple)) and len(listed) == fmt.num_classes:  # else keep class_<i>
             names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed]
@@ -118,7 +121,7 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
     if len(images) == 0:
         raise UserError(f"{root}: the {split} split holds no images")
     labels = np.concatenate([p[1] for p in parts])
-    return CifarSplit(torch.from_numpy(images), torch.from_numpy(labels), names)
+    return CifarSplit(torch.from_numpy(images), torch.from_numpy(labels), names, stand_in)
 
 
 def split_train_val(data: CifarSplit, val_size: int, seed: int) -> tuple[CifarSplit, CifarSplit]:
@@ -128,8 +131,8 @@ def split_train_val(data: CifarSplit, val_size: int, seed: int) -> tuple[CifarSp
                         f"set has {len(data.labels):,}); a fraction such as 0.1 holds out a tenth of any set")
     perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:val_size], perm[val_size:]
-    return (CifarSplit(data.images[train], data.labels[train], data.class_names),
-            CifarSplit(data.images[val], data.labels[val], data.class_names))
+    return (CifarSplit(data.images[train], data.labels[train], data.class_names, data.stand_in),
+            CifarSplit(data.images[val], data.labels[val], data.class_names, data.stand_in))
 
 
 class DeviceBatches:

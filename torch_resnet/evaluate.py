@@ -15,7 +15,7 @@ from .distributed import pick_device
 from .errors import UserError, check_count
 from .files import load_model, refuse_run_folder
 from .model import ResidualNetwork
-from .outputs import confusion_figure, write_json, write_png
+from .outputs import STAND_IN_NOTE, confusion_figure, title_stand_in, write_json, write_png
 from .performance import amp_dtype, autocast, describe, keep_freed_memory
 from .safe_pickle import load_array_dict
 
@@ -92,7 +92,8 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
                         f"BatchNorm variance)")
     scores, confusion = metrics(logits, split.labels, split.class_names)
     report = {"weights": str(weights), "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": num_classes,
-              "n_images": len(split.labels), "settings": describe(dev, dtype, True), **scores}
+              "n_images": len(split.labels), "stand_in_data": split.stand_in, "settings": describe(dev, dtype, True),
+              **scores}
     if keras_pickle is not None:
         from .keras_predict import keras_logits
 
@@ -108,7 +109,8 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
         out = Path(out)
         title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}\n"
                  f"{Path(weights).name}")
-        write_png(out / "confusion.png", confusion_figure(confusion, split.class_names, title), dpi=120)
+        fig = confusion_figure(confusion, split.class_names, title)
+        write_png(out / "confusion.png", title_stand_in(fig) if split.stand_in else fig, dpi=120)
         write_json(out / "eval.json", report, indent=1)
     return report
 
@@ -117,10 +119,14 @@ def format_summary(report: dict, worst: int = 5) -> str:
     lines = [f"{report['dataset']} test, {report['n_images']} images, weights {report['weights']} "
              f"({report['settings']})",
              f"top-1 {report['top1']:.2%}   top-5 {report['top5']:.2%}   loss {report['loss']:.4f}"]
+    if report.get("stand_in_data"):
+        lines.insert(1, f"{STAND_IN_NOTE}: these figures test the pipeline, not the network")
     n_images = report["per_class_images"]
-    scored = sorted((acc, i, name) for i, (name, acc) in enumerate(report["per_class"].items()) if acc is not None)
-    lines.append("worst classes: " + ", ".join(f"{name} {acc:.1%} ({round(acc * n_images[name])}/{n_images[name]})"
-                                               for acc, _, name in scored[:worst]))
+    scored = sorted((acc, i, name) for i, (name, acc) in enumerate(report["per_class"].items())
+                    if acc is not None and acc < 1)
+    lines.append("worst classes: " + (", ".join(f"{name} {acc:.1%} ({round(acc * n_images[name])}/{n_images[name]})"
+                                                for acc, _, name in scored[:worst])
+                                      or "none: every class with test images is at 100 %"))
     if "keras" in report:
         k = report["keras"]
         lines.append(f"keras: top-1 {k['top1']:.2%}, argmax agreement {k['agreement']:.2%}, "

@@ -56,7 +56,8 @@ def write_run(out: Path, model: torch.nn.Module, metrics: dict, keras_names: str
     writer.writeheader()
     writer.writerows(metrics["epochs"])
     atomic_write(out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
-    write_png(out / "curves.png", curves_figure(metrics["epochs"], metrics["regime"]))
+    write_png(out / "curves.png", curves_figure(metrics["epochs"], metrics["regime"],
+                                                stand_in=metrics.get("stand_in_data") is True))
 
 
 def is_number(v) -> bool:
@@ -123,21 +124,37 @@ def check_details(m: dict) -> None:
         raise UserError("the counts (parameters, images, processes) must be whole numbers >= 0")
 
 
-def curves_figure(rows: list[dict], regime: str) -> Figure:
-    """Loss and accuracy per epoch, training and validation side by side."""
+STAND_IN_NOTE = "stand-in data (synthetic images in CIFAR format), not CIFAR"
+
+
+def title_stand_in(fig: Figure, which: str = "") -> Figure:
+    """The figure's title says its data was a stand-in (``which``: for which runs, when not all)."""
+    fig.suptitle(STAND_IN_NOTE[0].upper() + STAND_IN_NOTE[1:] + which, color="firebrick")
+    return fig
+
+
+def epoch_axis(ax) -> None:
+    """Whole epochs on the x axis, also for a run of one epoch (MaxNLocator wants two integers
+    in view by default, and falls back to ticks such as 0.975 without them)."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def curves_figure(rows: list[dict], regime: str, *, stand_in: bool = False) -> Figure:
+    """Loss and accuracy per epoch, training and validation side by side; ``stand_in``: the run
+    trained on a stand-in data set (``metrics.json``'s ``stand_in_data``), said in the titles."""
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(11, 4), layout="tight")
     for ax, what, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy")):
         ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label="train")
         if any(r[f"val_{what}"] is not None for r in rows):  # none with --val-size 0
             ax.plot(epochs, [r[f"val_{what}"] for r in rows], "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax)
         ax.set_ylabel(label)
         ax.set_title(f"{label.capitalize()} per epoch ({regime} regime)")
         ax.grid(alpha=0.3)
         ax.legend()
-    return fig
+    return title_stand_in(fig) if stand_in else fig
 
 
 def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str) -> Figure:
@@ -146,13 +163,28 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str) 
     fig = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = fig.subplots()
     fig.colorbar(draw_confusion(ax, confusion, class_names, title=title, font=font), ax=ax, shrink=0.8,
-                 label="fraction of the true class")
+                 label=confusion_scale(len(class_names)))
     return fig
+
+
+CELL_FONT = {10: 8, 20: 6, 30: 4}  # up to so many classes: the cells' font size; more: no numbers (unreadable)
+
+
+def cell_font(num_classes: int) -> float | None:
+    """The font size of the numbers in a confusion matrix's cells; None: too many cells to write in."""
+    return next((size for most, size in CELL_FONT.items() if num_classes <= most), None)
+
+
+def confusion_scale(num_classes: int) -> str:
+    """The colour bar's label."""
+    return "fraction of the true class" + (" (cells in %)" if cell_font(num_classes) else "")
 
 
 def draw_confusion(ax, confusion: np.ndarray, class_names: list[str], *, title: str, font: float):
     """The matrix on ``ax`` (rows: true class, columns: predicted), each row normalised to the
-    fraction of that class's images, every class named on both axes; returns the image."""
+    fraction of that class's images, every class named on both axes, each non-empty cell's share
+    written in it (in %, "<1" below half a percent; black on light cells, white on dark ones)
+    while the cells are large enough to read; returns the image."""
     c = len(class_names)
     fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     im = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
@@ -161,4 +193,12 @@ def draw_confusion(ax, confusion: np.ndarray, class_names: list[str], *, title: 
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
+    size = cell_font(c)
+    if size is not None:
+        shade = im.cmap(im.norm(fraction))[..., :3] @ np.array([0.299, 0.587, 0.114])  # luminance, 0..1
+        for (i, j), count in np.ndenumerate(confusion):
+            if count:
+                share = fraction[i, j]
+                ax.text(j, i, f"{100 * share:.0f}" if share >= 0.005 else "<1", ha="center", va="center",
+                        fontsize=size, color="white" if shade[i, j] < 0.5 else "black")
     return im

@@ -17,7 +17,7 @@ from .checkpoint import resume_command
 from .errors import UserError
 from .files import atomic_write, refuse_run_folder
 from .outputs import is_number, read_metrics
-from .report_figures import confusion_figure, curves_figure, per_class_figure
+from .report_figures import confusion_figure, curves_figure, per_class_figure, stand_in_runs
 
 FIGURES = {"curves.png": ("Validation accuracy and loss per epoch", curves_figure),
            "per_class.png": ("Test accuracy per class", per_class_figure),
@@ -52,6 +52,8 @@ def load_run(folder) -> Run:
         raise UserError(f"{folder}: the run was started again and is unfinished (its checkpoint is newer than "
                         f"metrics.json); {resume}")
     m = read_metrics(path)
+    if not isinstance(m.get("stand_in_data", False), bool):  # absent in the metrics.json of older runs
+        raise UserError(f"{path}: 'stand_in_data' is a {type(m['stand_in_data']).__name__}, not true or false")
     planned = m["config"].get("epochs")
     if isinstance(planned, int) and len(m["epochs"]) < planned:
         raise UserError(f"{folder}: the run is unfinished ({len(m['epochs'])} of {planned} epochs); {resume}")
@@ -113,6 +115,11 @@ def final(m: dict, key: str) -> str:
     return "none (--val-size 0)" if value is None else pct(value)
 
 
+def data_kind(m: dict) -> str:
+    stand_in = m.get("stand_in_data")
+    return "stand-in (synthetic)" if stand_in else "not recorded (older run)" if stand_in is None else "real"
+
+
 def summary_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
     """(what, one cell per run): the side-by-side table."""
     def row(what, cell):
@@ -136,6 +143,7 @@ def summary_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         row("recipe", lambda m, r: recipe(m)),
         row("device", lambda m, r: m["device"] + (f" x{m['world_size']}" if m["world_size"] > 1 else "")),
         row("precision", lambda m, r: precision(m)),
+        row("data", lambda m, r: data_kind(m)),
         row("images train / val / test", lambda m, r: f"{m['train_images']:,} / {m['val_images']:,} / "
                                                        f"{m['test_images']:,}"),
     ]
@@ -164,10 +172,17 @@ def differences(runs: list[Run]) -> list[str]:
 def blocks(runs: list[Run]) -> list[tuple]:
     labels = [r.label for r in runs]
     names = runs[0].metrics["class_names"]
-    out = [("h1", "Fine-tuning report: " + ", ".join(labels)),
-           ("p", "Every number below is read from the runs' metrics.json (test set evaluated once, at the end "
-                 "of each run; validation split held out from the training images)."),
-           ("table", ["", *labels], summary_rows(runs))]
+    stand_in = [r.label for r in stand_in_runs(runs)]
+    out = [("h1", "Fine-tuning report" + (" on stand-in data" if stand_in else "") + ": " + ", ".join(labels))]
+    if stand_in:
+        who = (("This run was" if len(runs) == 1 else "These runs were") if len(stand_in) == len(runs)
+               else f"{', '.join(stand_in)} {'was' if len(stand_in) == 1 else 'were'}")
+        out.append(("p", who + " trained and tested on a stand-in data set (synthetic images in CIFAR format, made by "
+                      "torch_resnet.synthetic when the real CIFAR-10 was not there), not on CIFAR-10: the numbers "
+                      "show that the pipeline works, not how well the network does on CIFAR-10."))
+    out += [("p", "Every number below is read from the runs' metrics.json (test set evaluated once, at the end "
+                  "of each run; validation split held out from the training images)."),
+            ("table", ["", *labels], summary_rows(runs))]
     if len(runs) > 1:
         out += [("h2", "Differences"), ("ul", differences(runs)),
                 ("p", "What to look at: trainable parameters, seconds per epoch and memory are each regime's cost; "

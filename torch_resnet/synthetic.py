@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .convert import state_dict_to_keras
-from .data import CIFAR10, CifarFormat, load_cifar
+from .data import CIFAR10, STAND_IN_KEY, CifarFormat, load_cifar
 from .files import atomic_write
 from .model import ResidualNetwork, images_to_input
 
@@ -29,7 +29,8 @@ def make_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) 
 
 def write_cifar(data_dir, fmt: CifarFormat = CIFAR10, train_size: int = 500, test_size: int = 200,
                 seed: int = 0) -> Path:
-    """Write ``data_dir/<fmt.folder>`` with the files, keys and dtypes of the real download."""
+    """Write ``data_dir/<fmt.folder>`` with the files, keys and dtypes of the real download; its meta
+    file also says ``stand_in: True`` (``data.load_cifar`` reads it into ``CifarSplit.stand_in``)."""
     rng = np.random.default_rng(seed)
     root = Path(data_dir) / fmt.folder
     root.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def write_cifar(data_dir, fmt: CifarFormat = CIFAR10, train_size: int = 500, tes
     labels = rng.integers(0, fmt.num_classes, test_size)
     dump(fmt.test_file, {b"batch_label": b"testing batch", label_key: labels.tolist(),
                          b"data": make_images(labels, fmt.num_classes, rng)})
-    dump(fmt.meta_file, {fmt.names_key: names})
+    dump(fmt.meta_file, {fmt.names_key: names, STAND_IN_KEY: True})
     return root
 
 
