@@ -39,10 +39,11 @@ def timed(fn) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--regime", choices=["freeze", "full", "infer"], required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--images", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--regime", choices=["freeze", "full", "infer"], required=True,
+                   help="freeze: only the Dense head trains; full: all but BatchNorm; infer: forward passes only")
+    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
+    p.add_argument("--images", type=int, required=True, help="training images per epoch (the first N)")
+    p.add_argument("--batch-size", type=int, required=True, help="images per step")
     args = p.parse_args(argv)
 
     import keras

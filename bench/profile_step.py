@@ -24,10 +24,12 @@ from torch_resnet.performance import describe, keep_freed_memory  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rows", type=int, default=12)
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (default %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="profiled steps per regime, after 5 untimed ones "
+                                                        "(default %(default)s)")
+    p.add_argument("--rows", type=int, default=12, help="operators listed per regime (default %(default)s)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"

@@ -207,16 +207,19 @@ def table(results: dict, regimes) -> str:
 
 @cli
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, help="write the figures here")
-    p.add_argument("--images", type=int, default=None, help="images per epoch (default: 512 on CPU, 50000 on CUDA)")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--amp", default="auto", choices=AMP_MODES, help="as in train/finetune.py and train/evaluate.py")
-    p.add_argument("--compile", default=None, choices=COMPILE_MODES, help="torch.compile our training loop, mode")
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--images", type=int, default=None, help="images per epoch (default 512 on CPU, 50000 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="batch size of every loop")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES, help="precision, as in train/finetune.py and "
+                   "train/evaluate.py")
+    p.add_argument("--compile", default=None, choices=COMPILE_MODES,
+                   help="torch.compile our training loop in this mode (default: not compiled)")
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES,
+                   help=f"what to measure (default {' '.join(REGIMES)})")
     p.add_argument("--peer", nargs="*", default=None, choices=PEERS,
-                   help="peers to run (default: keras on CPU, baseline on CUDA; none: --peer alone)")
+                   help="peers to run (default keras on CPU, baseline on CUDA; none: --peer alone)")
     p.add_argument("--data-dir", default=None, help="folder with cifar-10-batches-py (default: a generated stand-in)")
     p.add_argument("--worker", choices=REGIMES, help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=["ours", "baseline"], default="ours", help=argparse.SUPPRESS)

@@ -1,13 +1,18 @@
 """The stumbles between the README's sections: the validation split, resuming a run and
 stopping one, mixed-up files, a failed download, --help, honest images per second."""
+import argparse
 import json
 import pickle
+import re
+import runpy
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_refused, call_script
+from conftest import ROOT, assert_refused, call_script
 from torch_resnet import ResidualNetwork
 from torch_resnet import train as trainer
 from torch_resnet.config import TrainConfig
@@ -144,11 +149,44 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # theirs kept, the archive gone
 
 
-def test_help_shows_the_defaults(capsys):
+class Parsed(Exception):
+    """Raised in place of parsing: carries a script's parser, before the script does anything."""
+
+
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("train", "convert", "bench") for p in (ROOT / folder).glob("*.py"))
+
+
+def parser_of(script, monkeypatch) -> argparse.ArgumentParser:
+    """The parser a script's main() builds (its parse_args never runs)."""
+    def capture(parser, args=None, namespace=None):
+        raise Parsed(parser)
+
+    monkeypatch.syspath_prepend(str(ROOT / Path(script).parent))  # bench/profile_step.py imports its neighbour
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(Parsed) as e:
+            runpy.run_path(str(ROOT / script))["main"]([])
+    return e.value.args[0]
+
+
+def test_help_shows_the_defaults_once_and_every_option_says_what_it_does(capsys, monkeypatch):
+    assert {"train/finetune.py", "convert/pt_to_keras_pickle.py", "bench/throughput.py",
+            "bench/keras_peer.py"} <= set(SCRIPTS)
+    for script in SCRIPTS:
+        parser = parser_of(script, monkeypatch)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            name = f"{script} {'/'.join(action.option_strings) or action.dest}"
+            # errors.ArgumentParser fills in "default: %(default)s" where a script gave no help at all
+            assert action.help and action.help != "default: %(default)s", f"{name} has no help text"
+            shown = formatter._expand_help(action)
+            assert len(re.findall(r"\(default\b|^default:", shown)) <= 1, f"{name} shows its default twice: {shown}"
     with pytest.raises(SystemExit):
         call_script(capsys, "train/evaluate.py", "--help")
     out = " ".join(capsys.readouterr().out.split())
-    assert "default: 256" in out and "(default: data)" in out and "default: None" not in out
+    assert "(default: 256)" in out and "(default: data)" in out and "default: None" not in out
 
 
 def test_interrupted_says_how_to_go_on(capsys):
@@ -165,3 +203,46 @@ def test_keras_pickle_loads_as_an_array_dict(tmp_path):  # the converter's input
     from torch_resnet.safe_pickle import load_array_dict
     (tmp_path / "k.pkl").write_bytes(pickle.dumps({"dense/bias": np.zeros(3, np.float32)}))
     assert list(load_array_dict(tmp_path / "k.pkl")) == ["dense/bias"]
+
+
+def readme_sections() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    return {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+
+
+def test_the_readme_runs_on_the_demos_files_names_the_keras_extra_and_gives_each_run_its_folder():
+    sections = readme_sections()
+    after_demo = list(sections)[list(sections).index("Two commands for a fresh machine") + 1:]
+    assert len(after_demo) >= 8
+    for title in after_demo:
+        body = sections[title].split("\n", 1)[1]
+        assert re.search(r"\bdemo\b", body), f"README section {title!r} does not say how to run it on the demo's files"
+        if re.search(r"--keras\b|keras_model|test_training_parity|--peer keras", sections[title]):
+            assert "pip install -e '.[keras]'" in sections[title], f"README section {title!r} needs TensorFlow"
+    block = re.search(r"```bash\n(.*?)```", sections["Fine-tune on CIFAR-10"], re.S).group(1)
+    runs = [line for line in block.splitlines() if line.startswith("python train/finetune.py") and "--help" not in line]
+    outs = [re.search(r"--out (\S+)", line) for line in runs]
+    assert len(runs) == 3 and all(outs), runs  # without --out, two of them would write runs/full
+    assert len({o.group(1) for o in outs}) == 3, runs
+
+
+def test_git_ignores_every_path_the_readme_and_the_demo_write():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    text = (ROOT / "README.md").read_text()
+    written = set(re.findall(r"(?:(?<![\w-])-o|--out|--json)[ =]([^\s`'\")]+)", text))
+    written |= set(re.findall(r'\bout="([^"]+)"', text)) | set(re.findall(r'(?:to_keras|save)\([^,()]+, "([^"]+)"\)', text))
+    demo = set(re.findall(r"""['"](?:-o|--out)['"], ['"]([^'"]+)['"]""", (ROOT / "train" / "demo.py").read_text()))
+    assert "runs/freeze" in demo  # the commands it prints
+    written |= demo | {"demo/freeze"}  # the demo's own folder
+    written = {p for p in written if not re.fullmatch(r"[A-Z]{2,}(\..*)?", p)}  # DIR, NAME.weights.h5: placeholders
+    assert {"report", "model.weights.h5", "model_keras.pkl", "runs/full", "W.safetensors"} <= written
+    written |= {"weights/resnet_cifar100.pt", "model.pt", "demo/data"}  # defaults: the converter's, model.keras's
+    paths = []
+    for p in sorted(written):
+        suffix = Path(p).suffix
+        paths += ([p, p + ".keras_names.json"] if suffix == ".pt" else [p] if suffix else [p + "/report.md"])
+    r = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--verbose", "--non-matching", *paths],
+                       capture_output=True, text=True)
+    not_ignored = [line.split("\t")[1] for line in r.stdout.splitlines() if line.startswith("::")]
+    assert r.returncode in (0, 1) and paths and not not_ignored, (r.stderr, not_ignored)

@@ -24,13 +24,13 @@ def main(argv=None):
     p.add_argument("--weights", default=str(DEFAULT_STATE_DICT),
                    help=f"state dict (.pt) from the converter or the trainer (default {DEFAULT_STATE_DICT})")
     p.add_argument("--dataset", choices=sorted(FORMATS), default=None,
-                   help="default: cifar100 for a 100-class head, cifar10 for a 10-class one")
+                   help="the test set (default: cifar100 for a 100-class head, cifar10 for a 10-class one)")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ or cifar-10-batches-py/")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never try to download the dataset when it is absent")
     p.add_argument("--out", default=None, help="write eval.json and confusion.png into this folder")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--keras", default=None, metavar="PICKLE",
                    help="also run the Keras model with this Keras pickle and report its agreement")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],

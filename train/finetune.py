@@ -38,7 +38,7 @@ def parse_args(argv=None) -> TrainConfig:
                                                            "there when absent and a network is available)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never try to download CIFAR-10")
     p.add_argument("--out", default=None, help="output folder (default runs/freeze or runs/full)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR['freeze']} for "
                    f"the head with --freeze, {DEFAULT_LR['full']} for the pretrained layers otherwise)")
@@ -47,20 +47,22 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW's weight decay (--recipe default only)")
     p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
-                   help="default: AdamW, cosine decay; keras: the Keras notebook's loop (Keras' Adam rule, "
-                        "constant --lr for every trained tensor, Keras Dense head init), see README")
+                   help="the training loop: default (AdamW, cosine decay) or keras (the Keras notebook's loop: "
+                        "Keras' Adam rule, constant --lr for every trained tensor, Keras Dense head init; see README)")
     p.add_argument("--val-size", type=val_size, default=d.val_size,
                    help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
                         "0: none, train on all")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the new head, the validation split, the shuffling and the augmentation")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default=d.amp, metavar="{" + ",".join(AMP_MODES) + "}",
                    help="mixed precision (auto: bf16 on GPUs of compute capability 8.0+, fp16 with a gradient scaler on "
                         "7.x (T4, V100), fp32 below; on CPUs bf16 where native, else fp32)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="NHWC memory layout (the default: fastest on CPU and CUDA)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="NCHW memory layout (PyTorch's usual one)")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the model, in this mode (" + ", ".join(COMPILE_MODES) + "; alone: default); "
                         "off by default: measured no faster on CPU, unstable gains on an H100 (README)")
