@@ -48,7 +48,7 @@ def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
     rc, _, err = call_script(capsys, *next_steps[2])
     assert rc == 0 and (tmp_path / "report" / "report.html").is_file(), err
     rc, _, err = call_script(capsys, *next_steps[3])  # evaluate the full run's model on the same data
-    evaluated = json.loads((tmp_path / "eval_full" / "eval.json").read_text())
+    evaluated = json.loads((tmp_path / "runs/eval_full/eval.json").read_text())
     assert rc == 0 and evaluated["top1"] == json.loads((tmp_path / "runs/full/metrics.json").read_text())[
         "test_accuracy"], err
     rc, _, err = call_script(capsys, *next_steps[4])  # and back to Keras

@@ -234,7 +234,7 @@ def test_git_ignores_every_path_the_readme_and_the_demo_write():
     written = set(re.findall(r"(?:(?<![\w-])-o|--out|--json)[ =]([^\s`'\")]+)", text))
     written |= set(re.findall(r'\bout="([^"]+)"', text))  # the Python API's
     written |= set(re.findall(r'(?:to_keras|save)\([^,()]+, "([^"]+)"\)', text))
-    demo = set(re.findall(r"""['"](?:-o|--out)['"], ['"]([^'"]+)['"]""", (ROOT / "train" / "demo.py").read_text()))
+    demo = set(re.findall(r"""['"](?:-o|--out)['"], ['"]([^'"]+)['"]""", (ROOT / "torch_resnet/cli/demo.py").read_text()))
     assert demo  # the commands it prints
     written |= demo | {"demo/freeze"}  # the demo's own folder
     written = {p for p in written if not re.fullmatch(r"[A-Z]{2,}(\..*)?", p)}  # DIR, NAME.weights.h5: placeholders

@@ -86,9 +86,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+# Each script of a checkout, and its subcommand of the installed command (torch_resnet.cli).
+SCRIPTS = {"convert/keras_pickle_to_pt.py": "convert", "convert/pt_to_keras_pickle.py": "export",
+           "train/finetune.py": "finetune", "train/evaluate.py": "evaluate", "train/report.py": "report",
+           "train/demo.py": "demo"}
+RUNNING_AS = None  # "torch-resnet" while the installed command runs: printed commands name it
+
+
 def shell_command(script: str, args=(), python: str = "python") -> str:
-    """``python script args...`` as a line that works when pasted into a shell (``shlex.join``)."""
-    return shlex.join([python, script, *map(str, args)])
+    """``python script args...`` (``torch-resnet command args...`` when run as that) as a line
+    that works when pasted into a shell (``shlex.join``)."""
+    head = [RUNNING_AS, SCRIPTS[script]] if RUNNING_AS else [python, script]
+    return shlex.join([*head, *map(str, args)])
 
 
 def option_value(name: str, value) -> list[str]:
@@ -111,11 +120,11 @@ def cli(main):
     Ctrl-C -> exit 130 and SIGTERM -> exit 143, each with one line saying what was kept."""
 
     @functools.wraps(main)
-    def wrapper(argv=None):
+    def wrapper(argv=None, **kwargs):
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
         try:
-            return main(argv)
+            return main(argv, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
         except OSError as e:

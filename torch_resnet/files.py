@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import safetensors_io
-from .errors import UserError
+from .errors import UserError, shell_command
 from .model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
@@ -152,4 +152,4 @@ def keras_pickle(path) -> None:
     if kind is None:
         return  # not Keras weights either: the caller says what it is not
     raise UserError(f"{path} is {kind}, not a PyTorch state dict: convert it first with "
-                    f"python convert/keras_pickle_to_pt.py {path} (it writes {converted_name(path)})")
+                    f"{shell_command('convert/keras_pickle_to_pt.py', [path])} (it writes {converted_name(path)})")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
-from .errors import UserError
+from .errors import UserError, shell_command
 from .files import DEFAULT_STATE_DICT, load_model
 from .keras_recipe import keras_dense, keras_optimizer
 from .model import FEATURES, ResidualNetwork
@@ -46,7 +46,7 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     source = Path(cfg.init_from or cfg.weights)
     if pretrained is None and source == DEFAULT_STATE_DICT and not source.is_file():
         raise UserError(f"no weights at {source}: convert the course pickle first "
-                        f"(python convert/keras_pickle_to_pt.py) or pass --weights")
+                        f"({shell_command('convert/keras_pickle_to_pt.py')}) or pass --weights")
     model = pretrained if pretrained is not None else load_model(source)
     if cfg.init_from is not None and model.num_classes != num_classes:
         raise UserError(f"--init-from {source}: a {model.num_classes}-class model; it takes a --freeze run's "

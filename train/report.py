@@ -1,30 +1,13 @@
 #!/usr/bin/env python
 """Compare fine-tuning runs side by side: a Markdown and an HTML report with figures.
 
-    python train/report.py runs/freeze runs/full -o report/
-
-Reads each run folder's metrics.json (written by train/finetune.py at the end of a run) and
-writes report/report.md, report/report.html (figures inline: opens in any browser),
-curves.png, per_class.png and confusion.png. Any number of runs, one column each.
+The code is torch_resnet/cli/report.py; installed, the same command is ``torch-resnet report``.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from torch_resnet.errors import ArgumentParser, cli  # noqa: E402
-from torch_resnet.report import write_report  # noqa: E402
-
-
-@cli
-def main(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of train/finetune.py (its --out)")
-    p.add_argument("-o", "--out", default="report", help="folder for report.md, report.html and the figures")
-    args = p.parse_args(argv)
-    md = write_report(args.runs, args.out)
-    print(f"wrote {md} and {md.with_suffix('.html')} (open it in a browser)")
-    return 0
-
+from torch_resnet.cli.report import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

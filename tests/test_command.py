@@ -1,0 +1,70 @@
+"""The installed ``torch-resnet`` command: built and installed normally (not editable) into a
+folder of its own, it runs every step from any folder, with the scripts' options and errors."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SMALL, assert_refused
+from torch_resnet import cli
+from torch_resnet import train as trainer
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The package as ``pip install`` builds it from a copy of the sources (the build writes
+    nothing into the checkout): its folder, with bin/torch-resnet."""
+    root = tmp_path_factory.mktemp("install")
+    shutil.copytree(ROOT / "torch_resnet", root / "src" / "torch_resnet", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, root / "src")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-compile", "--target", str(root / "site"), str(root / "src")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root / "site"
+
+
+def command(site, *args, cwd):
+    return subprocess.run([str(site / "bin" / "torch-resnet"), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(site)})
+
+
+def test_installed_command_runs_every_step_from_any_folder(installed, keras_fixtures, setup, tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import torch_resnet; print(torch_resnet.__file__)"],
+                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed)})
+    assert r.stdout.startswith(str(installed)), r.stdout  # the installed copy, not the checkout
+    r = command(installed, "--help", cwd=tmp_path)
+    assert r.returncode == 0 and all(f"  {c} " in r.stdout for c in ("convert", "finetune", "evaluate", "report",
+                                                                     "export", "demo")), r.stdout
+    r = command(installed, "convert", keras_fixtures / "keras3.pkl", "-o", "w.pt", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "w.pt").is_file(), r.stderr
+    r = command(installed, "finetune", "--freeze", "--weights", "w.pt", "--data-dir", setup[0] / "data", "--out", "run",
+                "--epochs", 1, "--batch-size", SMALL["batch_size"], "--val-size", SMALL["val_size"], "--device", "cpu",
+                "--amp", "off", "--no-download", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "run" / "metrics.json").is_file(), r.stderr
+    r = command(installed, "export", "run/model.pt", "-o", "back.pkl", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "back.pkl").is_file(), r.stderr
+    r = command(installed, "finetune", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("usage: torch-resnet finetune"), r.stdout[:200]
+    r = command(installed, "finetune", "--resume", "--out", "run", cwd=tmp_path)  # the scripts' one-line errors
+    assert_refused(r.returncode, r.stderr, "holds a finished run")
+    r = command(installed, "fine-tune", cwd=tmp_path)
+    assert_refused(r.returncode, r.stderr, "'fine-tune' is not a command of torch-resnet")
+
+
+def test_printed_commands_name_the_command_it_was_run_as(setup, capsys, monkeypatch):
+    real = trainer.train_one_epoch
+
+    def stop_in_second_epoch(stepper, batches, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(stepper, batches, epoch, **kw)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_second_epoch)
+    rc = cli.main(["finetune", "--freeze", "--weights", setup[1], "--data-dir", setup[0] / "data", "--out", "my run",
+                   "--epochs", 2, "--batch-size", SMALL["batch_size"], "--device", "cpu", "--no-download"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip().endswith("continue it with: torch-resnet finetune --resume --out 'my run'"), err

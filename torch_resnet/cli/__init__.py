@@ -1,0 +1,54 @@
+"""``torch-resnet``, the installed command: one subcommand per step, each with the options of
+its script in ``convert/`` and ``train/`` (the scripts call the same ``main``)."""
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from .. import errors
+from ..errors import UserError, cli
+
+# subcommand (and its module in this package): what it does; its script is errors.SCRIPTS'
+WHAT = {
+    "convert": "Keras weights (course pickle, .keras, .weights.h5, Keras 2 .h5) -> PyTorch (.pt, .safetensors)",
+    "finetune": "fine-tune on CIFAR-10: --freeze, or the full regime",
+    "evaluate": "top-1, top-5, per-class accuracy on the CIFAR test split",
+    "report": "fine-tuning runs side by side: Markdown and HTML with figures",
+    "export": "a state dict back to Keras (pickle or .weights.h5)",
+    "demo": "the whole pipeline end to end, offline, on stand-ins where needed",
+}
+PROGRAM = "torch-resnet"
+
+
+def usage() -> str:
+    width = max(map(len, WHAT))
+    lines = [f"usage: {PROGRAM} COMMAND [options]   ({PROGRAM} COMMAND --help: its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, what in WHAT.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        try:
+            print(f"{PROGRAM} {version('torch_resnet')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print(f"{PROGRAM} (not installed)")
+        return 0
+    if argv[0] not in WHAT:
+        return cli(refuse_unknown)(argv[:1])
+    module = importlib.import_module(f".{argv[0]}", __name__)
+    errors.RUNNING_AS = PROGRAM  # the commands the run prints name torch-resnet, not a script
+    try:
+        return module.main(argv[1:], prog=f"{PROGRAM} {argv[0]}")
+    finally:
+        errors.RUNNING_AS = None
+
+
+def refuse_unknown(argv) -> int:
+    raise UserError(f"{argv[0]!r} is not a command of {PROGRAM}; its commands: {', '.join(WHAT)} "
+                    f"({PROGRAM} --help)")

@@ -1,0 +1,83 @@
+"""Fine-tune the converted CIFAR-100 network on CIFAR-10 with an explicit PyTorch loop.
+
+    python train/finetune.py --freeze     # backbone fixed, only the new 10-class head trains
+    python train/finetune.py              # all convolutions train, BatchNorm frozen, very low lr
+
+Outputs in --out (default runs/freeze or runs/full): model.pt, metrics.json, metrics.csv,
+curves.png, checkpoint.pt (after every epoch). A stopped run continues with its own options:
+
+    python train/finetune.py --resume --out runs/full
+"""
+import argparse
+
+from ..errors import ArgumentParser, cli
+from .. import train
+from ..checkpoint import resume_config
+from ..config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig
+
+
+def val_size(text: str) -> float:
+    """A fraction below 1, or a whole number of images."""
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def parse_args(argv=None, prog=None) -> TrainConfig:
+    d = TrainConfig()
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--freeze", action="store_true", help="train only the new head (frozen backbone)")
+    p.add_argument("--weights", default=d.weights, help=f"converted state dict (default {d.weights}, "
+                                                         "written by convert/keras_pickle_to_pt.py)")
+    p.add_argument("--init-from", default=None, metavar="MODEL_PT",
+                   help="full regime only: start from a --freeze run's model.pt (two-stage recipe)")
+    p.add_argument("--data-dir", default=d.data_dir, help="folder holding cifar-10-batches-py/ (downloaded "
+                                                           "there when absent and a network is available)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download CIFAR-10")
+    p.add_argument("--out", default=None, help="output folder (default runs/freeze or runs/full)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR['freeze']} for "
+                   f"the head with --freeze, {DEFAULT_LR['full']} for the pretrained layers otherwise)")
+    p.add_argument("--head-lr", type=float, default=None, help=f"full regime: the head's rate (default {HEAD_LR} "
+                   "for a new head, --lr for a head from --init-from)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's weight decay (--recipe default only)")
+    p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
+                   help="the training loop: default (AdamW, cosine decay) or keras (the Keras notebook's loop: "
+                        "Keras' Adam rule, constant --lr for every trained tensor, Keras Dense head init; see README)")
+    p.add_argument("--val-size", type=val_size, default=d.val_size,
+                   help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
+                        "0: none, train on all")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the new head, the validation split, the shuffling and the augmentation")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default=d.amp, metavar="{" + ",".join(AMP_MODES) + "}",
+                   help="mixed precision (auto: bf16 on GPUs of compute capability 8.0+, fp16 with a gradient "
+                        "scaler on 7.x (T4, V100), fp32 below; on CPUs bf16 where native, else fp32)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="NHWC memory layout (the default: fastest on CPU and CUDA)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="NCHW memory layout (PyTorch's usual one)")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model, in this mode (" + ", ".join(COMPILE_MODES) + "; alone: default); "
+                        "off by default: measured no faster on CPU, unstable gains on an H100 (README)")
+    p.add_argument("--step-memory", action="store_true",
+                   help="measure one training step's memory before training (one extra step, undone)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with the "
+                   "options it was started with (--resume --out DIR is enough)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss read-backs")
+    args = vars(p.parse_args(argv))
+    if not args["resume"]:
+        return TrainConfig(**args)
+    for action in p._actions:  # parsed again without defaults: only the options given remain
+        action.default = argparse.SUPPRESS
+    return resume_config(vars(p.parse_args(argv)))
+
+
+@cli
+def main(argv=None, prog=None):
+    train.main(parse_args(argv, prog))
+    return 0
+
