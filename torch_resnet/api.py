@@ -100,7 +100,8 @@ class Run:
 
     def curves(self) -> Figure:
         """Loss and accuracy per epoch (the run's ``curves.png``) as a matplotlib Figure."""
-        return curves_figure(self.metrics["epochs"], self.metrics["regime"])
+        return curves_figure(self.metrics["epochs"], self.metrics["regime"],
+                             stand_in=self.metrics.get("stand_in_data") is True)
 
     def __repr__(self):
         m, n = self.metrics, len(self.metrics["epochs"])
