@@ -17,10 +17,12 @@ Run in a subprocess (TensorFlow stays out of the pytest process):
   ``model.save``.
 
 ``load`` reads SPEC.json: {"inputs": x.npy, "models": [[kind, classes, weights, out.npy]...]},
-kind "build" (keras_model.build) or "custom" (NamedBlock's model), and saves each one's logits.
+kind "build" (keras_model.build), "custom" (NamedBlock's model), both with ``load_weights``, or
+"pickle" (keras_model.build, a pickle in its fresh Keras 3 names), and saves each one's logits.
 """
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -149,8 +151,11 @@ def load(spec_path):
     x = np.load(spec["inputs"])
     for kind, classes, weights, out in spec["models"]:
         keras.backend.clear_session()
-        model = km.build(classes) if kind == "build" else custom_model(classes)
-        model.load_weights(weights)
+        model = custom_model(classes) if kind == "custom" else km.build(classes)
+        if kind == "pickle":  # fresh Keras 3 names: each array to the variable of that path
+            km.load_weights_dict(model, pickle.loads(Path(weights).read_bytes()))
+        else:
+            model.load_weights(weights)
         np.save(out, np.asarray(model(x, training=False)))
 
 
