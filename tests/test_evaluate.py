@@ -129,6 +129,9 @@ def test_refuses_class_count_mismatch(tmp_path, data_dir, weights, keras_fixture
                    "--weights", weights[100], "--dataset", "cifar10", "--data-dir", data_dir)
     refused(capsys, tmp_path, ["keras3.pkl", "100 classes", "the weights have 10"], "--weights", weights[10],
                    "--data-dir", data_dir, "--keras", keras_fixtures / "keras3.pkl")
+    build = keras_fixtures / "files" / "k3_build.weights.h5"  # --keras reads every file the converter reads
+    refused(capsys, tmp_path, ["k3_build.weights.h5", "100 classes", "the weights have 10"], "--weights",
+            weights[10], "--data-dir", data_dir, "--keras", build)
 
 
 def test_refuses_incomplete_or_corrupt_data(tmp_path, data_dir, weights, capsys):

@@ -297,6 +297,6 @@ def test_weights_with_bad_values(setup, tmp_path, capsys, poison, needle):
 
 def test_class_names_that_are_not_utf8(setup, tmp_path):
     data = corrupt_copy(setup, tmp_path, lambda d: (d / "batches.meta").write_bytes(
-        pickle.dumps({b"label_names": [b"cat\xff", b"\xfe"] + [b"ok"] * 8}, protocol=2)))
+        pickle.dumps({b"label_names": [b"cat\xff", b"\xfe"] + [b"ok%d" % i for i in range(8)]}, protocol=2)))
     names = load_cifar(data, CIFAR10, "test", download=False).class_names
-    assert names == ["cat\ufffd", "\ufffd"] + ["ok"] * 8  # undecodable bytes replaced, never an error
+    assert names == ["cat\ufffd", "\ufffd"] + [f"ok{i}" for i in range(8)]  # undecodable bytes replaced

@@ -17,7 +17,7 @@ from .files import load_model, refuse_run_folder
 from .model import ResidualNetwork
 from .outputs import STAND_IN_NOTE, confusion_figure, title_stand_in, write_json, write_png
 from .performance import amp_dtype, autocast, describe, keep_freed_memory
-from .safe_pickle import load_array_dict
+from .keras_files import read_keras_file
 
 
 def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
@@ -66,7 +66,7 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
              device: str | None = None, keras_pickle=None, shortcut_from_raw: bool = False,
              download: bool = True, amp: str = "auto") -> dict:
     """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
-    With ``keras_pickle``, also run Keras on that pickle and compare its logits with PyTorch's.
+    With ``keras_pickle`` (any Keras file the converter reads), also run Keras with it and compare its logits with PyTorch's.
     ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
     check_count("--batch-size", batch_size)
     if out is not None:
@@ -82,7 +82,7 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
     if keras_pickle is not None:  # every input is checked before the long work starts
         if importlib.util.find_spec("tensorflow") is None:
             raise UserError("--keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
-        keras_state, mapping = keras_to_state_dict(load_array_dict(keras_pickle), shortcut_from_raw)
+        keras_state, mapping = keras_to_state_dict(read_keras_file(keras_pickle).arrays, shortcut_from_raw)
         if mapping.num_classes != num_classes:
             raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
 

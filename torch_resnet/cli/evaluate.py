@@ -1,7 +1,7 @@
 """Evaluate a ResidualNetwork state dict on the CIFAR test split.
 
     python train/evaluate.py [--weights weights/resnet_cifar100.pt] [--dataset cifar100|cifar10]
-        [--data-dir data] [--out DIR] [--batch-size 256] [--device cuda|cpu] [--keras PICKLE]
+        [--data-dir data] [--out DIR] [--batch-size 256] [--device cuda|cpu] [--keras KERAS_FILE]
 
 Prints top-1, top-5, mean cross-entropy and the worst classes. With --out: DIR/eval.json (all
 figures, per-class accuracy) and DIR/confusion.png. With --keras: the Keras model itself is run
@@ -28,8 +28,9 @@ def main(argv=None, prog=None):
     p.add_argument("--out", default=None, help="write eval.json and confusion.png into this folder")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    p.add_argument("--keras", default=None, metavar="PICKLE",
-                   help="also run the Keras model with this Keras pickle and report its agreement")
+    p.add_argument("--keras", default=None, metavar="KERAS_FILE",
+                   help="also run the Keras model with these Keras weights (pickle, .keras, .weights.h5, .h5) "
+                        "and report its agreement")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="auto/off: fp32 (exact); bf16/fp16: autocast (about twice as fast on a CPU with native bf16)")
     p.add_argument("--shortcut-from-raw", action="store_true",
