@@ -29,8 +29,8 @@ echo "== data and weights"
 $PY - <<PY
 import torch
 from torch_resnet import ResidualNetwork
-from torch_resnet.data import CIFAR10
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.data.cifar import CIFAR10
+from torch_resnet.data.synthetic import write_cifar
 write_cifar("$W/data", CIFAR10, train_size=50000, test_size=10000, seed=0)
 torch.manual_seed(0); torch.save(ResidualNetwork(100).state_dict(), "$W/w.pt")
 PY

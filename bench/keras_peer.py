@@ -50,7 +50,7 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from torch_resnet.data import CIFAR10, load_cifar
+    from torch_resnet.data.cifar import CIFAR10, load_cifar
     from torch_resnet.keras_model import build
 
     data = load_cifar(args.data_dir, CIFAR10, "train", download=False)

@@ -17,9 +17,9 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from throughput import regime_stepper  # noqa: E402  (bench/throughput.py, beside this script)
-from torch_resnet.config import TrainConfig  # noqa: E402
-from torch_resnet.distributed import pick_device  # noqa: E402
-from torch_resnet.performance import describe, keep_freed_memory  # noqa: E402
+from torch_resnet.training.config import TrainConfig  # noqa: E402
+from torch_resnet.training.distributed import pick_device  # noqa: E402
+from torch_resnet.training.performance import describe, keep_freed_memory  # noqa: E402
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ never shares a process with PyTorch, nobody runs in another's warmed-up process)
   baseline  the loop a typical PyTorch user writes: torchvision DataLoader with per-image PIL
             transforms, fp32, contiguous NCHW, loss.item() every step;
   memory    peak (CUDA max allocated, or the process's peak RSS on CPU) and, for training, the
-            step-memory accounting of torch_resnet.memory.step_memory_bytes.
+            step-memory accounting of torch_resnet.training.memory.step_memory_bytes.
 Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images.
 """
 import argparse
@@ -33,17 +33,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
-from torch_resnet.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
-from torch_resnet.data import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
-from torch_resnet.distributed import pick_device  # noqa: E402
+from torch_resnet.training.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
+from torch_resnet.data.cifar import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
+from torch_resnet.training.distributed import pick_device  # noqa: E402
 from torch_resnet.errors import ArgumentParser, UserError, check_count, cli  # noqa: E402
-from torch_resnet.evaluate import predict  # noqa: E402
-from torch_resnet.files import atomic_write  # noqa: E402
-from torch_resnet.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
-from torch_resnet.performance import amp_dtype, autocast, describe, keep_freed_memory  # noqa: E402
-from torch_resnet.regimes import optimizer_for, prepare_model, trainable_parameters  # noqa: E402
-from torch_resnet.synthetic import write_cifar  # noqa: E402
-from torch_resnet.train import Stepper, train_one_epoch  # noqa: E402
+from torch_resnet.training.evaluate import predict  # noqa: E402
+from torch_resnet.formats.files import atomic_write  # noqa: E402
+from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402
+from torch_resnet.training.performance import amp_dtype, autocast, describe, keep_freed_memory  # noqa: E402
+from torch_resnet.training.regimes import optimizer_for, prepare_model, trainable_parameters  # noqa: E402
+from torch_resnet.data.synthetic import write_cifar  # noqa: E402
+from torch_resnet.training.train import Stepper, train_one_epoch  # noqa: E402
 
 REGIMES = ("freeze", "full", "infer")
 PEERS = ("keras", "baseline")
@@ -85,7 +85,7 @@ def ours_training(regime, data, args, device):
 
 
 def ours_inference(data, args, device):
-    """The evaluation path (torch_resnet.evaluate.predict) at its default precision, fp32."""
+    """The evaluation path (torch_resnet.training.evaluate.predict) at its default precision, fp32."""
     dtype = amp_dtype(args.amp, device, training=False)
     torch.manual_seed(0)
     model = ResidualNetwork(10)

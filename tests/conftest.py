@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_resnet import train as trainer
-from torch_resnet.config import TrainConfig
-from torch_resnet.convert import convert_pickle
-from torch_resnet.data import CIFAR10
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.training import train as trainer
+from torch_resnet.training.config import TrainConfig
+from torch_resnet.conversion.convert import convert_pickle
+from torch_resnet.data.cifar import CIFAR10
+from torch_resnet.data.synthetic import write_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
@@ -39,6 +39,19 @@ def call_script(capsys, script, *args):
     rc = runpy.run_path(str(ROOT / script))["main"]([str(a) for a in args])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
+
+
+REAL_ONE_EPOCH = trainer.train_one_epoch
+
+
+def stop_in_epoch(monkeypatch, stop_at):
+    """Ctrl-C in the middle of epoch ``stop_at`` (0-based) of an in-process run."""
+    def one_epoch(stepper, batches, epoch, **kw):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return REAL_ONE_EPOCH(stepper, batches, epoch, **kw)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", one_epoch)
 
 
 def assert_refused(rc, err, *needles, nothing_in=None):

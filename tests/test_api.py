@@ -9,10 +9,10 @@ from matplotlib.figure import Figure
 import torch_resnet as tr
 from conftest import assert_refused, call_script
 from torch_resnet import UserError
-from torch_resnet.data import CIFAR10
-from torch_resnet.files import names_sidecar
-from torch_resnet.safe_pickle import load_array_dict
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.data.cifar import CIFAR10
+from torch_resnet.formats.files import names_sidecar
+from torch_resnet.formats.safe_pickle import load_array_dict
+from torch_resnet.data.synthetic import write_cifar
 
 # 24 training images, 8 of them held out, 16 test images: one step per epoch
 TINY = dict(batch_size=16, val_size=8, seed=1, device="cpu", amp="off", download=False)

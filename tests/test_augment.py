@@ -3,7 +3,7 @@ distribution, and reproducible from (seed, epoch)."""
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from torch_resnet.data import CifarSplit, DeviceBatches
+from torch_resnet.data.cifar import CifarSplit, DeviceBatches
 
 
 def split(n=64):

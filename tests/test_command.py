@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMALL, assert_refused
+from conftest import ROOT, SMALL, assert_refused, stop_in_epoch
 from torch_resnet import cli
-from torch_resnet import train as trainer
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +55,7 @@ def test_installed_command_runs_every_step_from_any_folder(installed, keras_fixt
 
 
 def test_printed_commands_name_the_command_it_was_run_as(setup, capsys, monkeypatch):
-    real = trainer.train_one_epoch
-
-    def stop_in_second_epoch(stepper, batches, epoch, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(stepper, batches, epoch, **kw)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_second_epoch)
+    stop_in_epoch(monkeypatch, 1)
     rc = cli.main(["finetune", "--freeze", "--weights", setup[1], "--data-dir", setup[0] / "data", "--out", "my run",
                    "--epochs", 2, "--batch-size", SMALL["batch_size"], "--device", "cpu", "--no-download"])
     err = capsys.readouterr().err

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from conftest import FIGURES, assert_refused, call_script, converted, ten_class_state
 from torch_resnet import ResidualNetwork
-from torch_resnet.data import CIFAR10, CIFAR100
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.data.cifar import CIFAR10, CIFAR100
+from torch_resnet.data.synthetic import write_cifar
 
 EVALUATE = "train/evaluate.py"
 N_TEST = {"cifar100": 200, "cifar10": 100}  # ~25 ms an image on a 2-core CPU
@@ -162,7 +162,7 @@ def test_a_stand_in_test_set_is_said(tmp_path, capsys):
 
 
 def test_worst_classes_are_those_below_100_percent():
-    from torch_resnet.evaluate import format_summary
+    from torch_resnet.training.evaluate import format_summary
 
     report = {"dataset": "cifar10", "n_images": 9, "weights": "w.pt", "settings": "cpu", "top1": 0.8, "top5": 1.0,
               "loss": 0.5, "per_class": {"cat": 1.0, "dog": 0.5, "ship": None, "frog": 1.0, "bird": 0.75},

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import FIGURES, assert_refused, call_script, converted, ten_class_state
-from torch_resnet.convert import convert_pickle
-from torch_resnet.files import names_sidecar
-from torch_resnet.keras_map import default_keras_names
+from torch_resnet.conversion.convert import convert_pickle
+from torch_resnet.formats.files import names_sidecar
+from torch_resnet.conversion.keras_map import default_keras_names
 from test_parity import SCHEMES
 
 EXPORTER = "convert/pt_to_keras_pickle.py"

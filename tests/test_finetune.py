@@ -14,7 +14,7 @@ import torch
 
 from conftest import FIGURES, ROOT, assert_refused, call_script, finetune_args, run_script, train
 from torch_resnet import ResidualNetwork
-from torch_resnet.data import CIFAR10, load_cifar
+from torch_resnet.data.cifar import CIFAR10, load_cifar
 from torch_resnet.model import images_to_input
 
 FINETUNE = "train/finetune.py"
@@ -104,7 +104,7 @@ def test_two_stage_recipe_starts_full_regime_from_freeze_run(setup, freeze_run, 
 # was written: inside the second epoch, whatever the machine's speed.
 KILL_IN_SECOND_EPOCH = """
 import os, runpy, signal, sys
-from torch_resnet import train
+from torch_resnet.training import train
 save = train.save_checkpoint
 def save_then_die_at_the_next_step(*args, **kwargs):
     save(*args, **kwargs)

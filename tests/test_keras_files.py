@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import FIGURES, ROOT, assert_refused, call_script, converted, ten_class_state
 from torch_resnet import ResidualNetwork, images_to_input
-from torch_resnet.convert import convert_keras_file
-from torch_resnet.data import CIFAR10
+from torch_resnet.conversion.convert import convert_keras_file
+from torch_resnet.data.cifar import CIFAR10
 from torch_resnet.errors import UserError
-from torch_resnet.files import keras_names_text, load_model, names_sidecar
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.formats.files import keras_names_text, load_model, names_sidecar
+from torch_resnet.data.synthetic import write_cifar
 
 CONVERTER, EXPORTER = "convert/keras_pickle_to_pt.py", "convert/pt_to_keras_pickle.py"
 TOL = 1e-4

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import FIGURES, call_script
 from torch_resnet import ResidualNetwork, images_to_input
-from torch_resnet.convert import convert_pickle
+from torch_resnet.conversion.convert import convert_pickle
 from torch_resnet.model import Conv2dSame
 
 SCHEMES = ["keras3", "keras3_seed_numbering", "keras2_seed_numbering_shortcut_first", "keras2_flat",

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FIGURES
-from torch_resnet.config import TrainConfig
+from torch_resnet.training.config import TrainConfig
 from torch_resnet.model import ResidualNetwork
-from torch_resnet.performance import amp_dtype, cpu_has_native_bf16, describe, keep_freed_memory
-from torch_resnet.regimes import optimizer_for, prepare_model
-from torch_resnet.train import Stepper
+from torch_resnet.training.performance import amp_dtype, cpu_has_native_bf16, describe, keep_freed_memory
+from torch_resnet.training.regimes import optimizer_for, prepare_model
+from torch_resnet.training.train import Stepper
 
 CPU = torch.device("cpu")
 

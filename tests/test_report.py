@@ -13,10 +13,10 @@ import torch
 
 from conftest import assert_refused, call_script
 from torch_resnet import ResidualNetwork
-from torch_resnet.config import TrainConfig
-from torch_resnet.data import CIFAR10
-from torch_resnet.synthetic import write_cifar
-from torch_resnet.train import main as run
+from torch_resnet.training.config import TrainConfig
+from torch_resnet.data.cifar import CIFAR10
+from torch_resnet.data.synthetic import write_cifar
+from torch_resnet.training.train import main as run
 
 FIGURE_FILES = ("curves.png", "per_class.png", "confusion.png")
 
@@ -214,9 +214,9 @@ def suptitle(fig) -> str:
 
 
 def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, tmp_path, capsys, monkeypatch):
-    from torch_resnet import outputs
-    from torch_resnet.data import load_cifar
-    from torch_resnet.report import FIGURES, blocks, load_runs, to_markdown
+    from torch_resnet.training import outputs
+    from torch_resnet.data.cifar import load_cifar
+    from torch_resnet.reporting.report import FIGURES, blocks, load_runs, to_markdown
 
     assert load_cifar(runs / "data", CIFAR10, "test").stand_in  # synthetic.write_cifar marks its batches.meta
     assert all(metrics_of(runs / r)["stand_in_data"] is True for r in ("freeze", "full"))
@@ -260,9 +260,9 @@ def visible_ticks(ax) -> list[float]:
 
 @pytest.mark.parametrize("epochs", [1, 2, 7])
 def test_every_epoch_axis_has_whole_epochs(runs, epochs):
-    from torch_resnet.outputs import curves_figure as run_curves
-    from torch_resnet.report import Run
-    from torch_resnet.report_figures import curves_figure
+    from torch_resnet.training.outputs import curves_figure as run_curves
+    from torch_resnet.reporting.report import Run
+    from torch_resnet.reporting.report_figures import curves_figure
 
     m = metrics_of(runs / "freeze")
     m["epochs"] = [{**m["epochs"][0], "epoch": e + 1} for e in range(epochs)]
@@ -275,8 +275,8 @@ def test_every_epoch_axis_has_whole_epochs(runs, epochs):
 
 def test_more_than_ten_runs_get_distinct_colours(runs):
     from matplotlib.colors import to_hex
-    from torch_resnet.report import Run
-    from torch_resnet.report_figures import curves_figure, per_class_figure
+    from torch_resnet.reporting.report import Run
+    from torch_resnet.reporting.report_figures import curves_figure, per_class_figure
 
     m = metrics_of(runs / "full")
     many = [Run(f"run {i}", m) for i in range(23)]
@@ -290,7 +290,7 @@ def test_more_than_ten_runs_get_distinct_colours(runs):
 def test_confusion_cells_show_their_share_readably():
     import numpy as np
     from matplotlib.colors import to_rgb
-    from torch_resnet.outputs import confusion_figure
+    from torch_resnet.training.outputs import confusion_figure
 
     confusion = np.zeros((10, 10), int)
     confusion[np.arange(10), np.arange(10)] = 90  # dark diagonal cells

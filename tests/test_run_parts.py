@@ -5,14 +5,14 @@ import matplotlib
 import pytest
 import torch
 
-from torch_resnet import distributed
-from torch_resnet.config import TrainConfig
+from torch_resnet.training import distributed
+from torch_resnet.training.config import TrainConfig
 from torch_resnet.errors import UserError
-from torch_resnet.files import load_model
-from torch_resnet.memory import peak_memory_bytes, step_memory_bytes
-from torch_resnet.outputs import curves_figure, write_png
-from torch_resnet.regimes import optimizer_for, prepare_model
-from torch_resnet.train import Stepper, load_splits
+from torch_resnet.formats.files import load_model
+from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes
+from torch_resnet.training.outputs import curves_figure, write_png
+from torch_resnet.training.regimes import optimizer_for, prepare_model
+from torch_resnet.training.train import Stepper, load_splits
 
 
 def test_step_memory_measurement_leaves_no_trace(setup):

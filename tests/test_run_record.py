@@ -13,9 +13,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, assert_refused, call_script, finetune_args, run_script, train
-from torch_resnet import train as trainer
-from torch_resnet.data import CIFAR10
+from conftest import ROOT, SMALL, assert_refused, call_script, finetune_args, run_script, stop_in_epoch, train
+from torch_resnet.data.cifar import CIFAR10
 
 FINETUNE = "train/finetune.py"
 
@@ -81,7 +80,7 @@ def test_a_full_disk_is_one_line_and_the_earlier_files_stay(setup, finished, tmp
     assert_refused(r.returncode, r.stderr, f"cannot write {finished / 'checkpoint.pt'}: File too large")
     assert snapshot(finished) == before  # the earlier run is whole; no temporary file left
     pkl = tmp_path / "w.pkl"  # the converter: a 17 MB state dict does not fit either
-    from torch_resnet.convert import state_dict_to_keras
+    from torch_resnet.conversion.convert import state_dict_to_keras
     pkl.write_bytes(pickle.dumps(state_dict_to_keras(torch.load(setup[1], weights_only=True)), protocol=4))
     out = tmp_path / "conv"
     out.mkdir()
@@ -94,7 +93,7 @@ def test_a_full_disk_is_one_line_and_the_earlier_files_stay(setup, finished, tmp
 # Runs train/finetune.py and sends it SIGTERM in the middle of writing its second checkpoint.
 TERM_IN_SECOND_CHECKPOINT = """
 import os, runpy, signal, sys, torch
-from torch_resnet import files
+from torch_resnet.formats import files
 real_save, calls = torch.save, []
 def save_then_term(obj, f, *a, **k):
     real_save(obj, f, *a, **k)
@@ -130,14 +129,7 @@ def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, full_run, tmp_pat
 @pytest.mark.parametrize("folder", ["my run", "-x"])
 def test_printed_resume_command_works_when_pasted(setup, tmp_path, capsys, monkeypatch, folder):
     monkeypatch.chdir(tmp_path)
-    real = trainer.train_one_epoch
-
-    def stop_in_second_epoch(stepper, batches, epoch, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(stepper, batches, epoch, **kw)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_second_epoch)
+    stop_in_epoch(monkeypatch, 1)
     args = finetune_args(setup, "OUT", "--freeze")
     args[args.index("--out"):args.index("--out") + 2] = [f"--out={folder}"]
     rc, _, err = call_script(capsys, FINETUNE, *args)

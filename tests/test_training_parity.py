@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import FIGURES, ROOT
-from torch_resnet.config import TrainConfig
-from torch_resnet.convert import convert_pickle, keras_to_state_dict
-from torch_resnet.data import CIFAR10, CifarSplit, DeviceBatches, load_cifar
-from torch_resnet.keras_map import TO_TORCH_AXES, relayout
-from torch_resnet.keras_recipe import KerasAdam, keras_dense
+from torch_resnet.training.config import TrainConfig
+from torch_resnet.conversion.convert import convert_pickle, keras_to_state_dict
+from torch_resnet.data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar
+from torch_resnet.conversion.keras_map import TO_TORCH_AXES, relayout
+from torch_resnet.training.keras_recipe import KerasAdam, keras_dense
 from torch_resnet.model import FEATURES, images_to_input
-from torch_resnet.regimes import prepare_model
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.training.regimes import prepare_model
+from torch_resnet.data.synthetic import write_cifar
 
 N, STEPS, SEED = 8, 10, 3  # N training images, one batch of all of them per epoch
 LR = {"freeze": 1e-3, "full": 1e-5}  # the regimes' default rates

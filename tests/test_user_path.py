@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_refused, call_script
+from conftest import ROOT, assert_refused, call_script, stop_in_epoch
 from torch_resnet import ResidualNetwork
-from torch_resnet import train as trainer
-from torch_resnet.config import TrainConfig
-from torch_resnet.data import CIFAR10, find_or_download
+from torch_resnet.training import train as trainer
+from torch_resnet.training.config import TrainConfig
+from torch_resnet.data.cifar import CIFAR10, find_or_download
 from torch_resnet.errors import UserError, cli
-from torch_resnet.synthetic import write_cifar
+from torch_resnet.data.synthetic import write_cifar
 
 FINETUNE = "train/finetune.py"
-REAL_ONE_EPOCH = trainer.train_one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +48,6 @@ def test_validation_is_a_tenth_by_default_and_a_count_still_works(small, tmp_pat
                         ("-0.1", "--val-size must be a fraction below 1")):
         rc, _, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "b"), "--val-size", bad)
         assert_refused(rc, err, needle, nothing_in=tmp_path / "b")
-
-
-def stop_in_epoch(monkeypatch, stop_at):
-    """Ctrl-C in the middle of epoch ``stop_at`` (0-based)."""
-    real = REAL_ONE_EPOCH
-
-    def one_epoch(stepper, batches, epoch, **kw):
-        if epoch == stop_at:
-            raise KeyboardInterrupt
-        return real(stepper, batches, epoch, **kw)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", one_epoch)
 
 
 def test_ctrl_c_says_how_to_continue_and_resume_needs_only_the_folder(small, tmp_path, capsys, monkeypatch):
@@ -104,7 +91,7 @@ def test_freeze_without_augmentation_counts_the_feature_caching(small, tmp_path)
 
 
 def test_a_keras_pickle_given_as_weights_says_to_convert_it(small, tmp_path, capsys):
-    from torch_resnet.convert import state_dict_to_keras
+    from torch_resnet.conversion.convert import state_dict_to_keras
     keras = tmp_path / "course.pkl"
     keras.write_bytes(pickle.dumps(state_dict_to_keras(torch.load(small / "weights.pt", weights_only=True))))
     for script in (FINETUNE, "train/evaluate.py"):
@@ -201,7 +188,7 @@ def test_interrupted_says_how_to_go_on(capsys):
 
 
 def test_keras_pickle_loads_as_an_array_dict(tmp_path):  # the converter's input stays a plain pickle
-    from torch_resnet.safe_pickle import load_array_dict
+    from torch_resnet.formats.safe_pickle import load_array_dict
     (tmp_path / "k.pkl").write_bytes(pickle.dumps({"dense/bias": np.zeros(3, np.float32)}))
     assert list(load_array_dict(tmp_path / "k.pkl")) == ["dense/bias"]
 

@@ -23,12 +23,15 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from . import convert, evaluate as evaluation, report as reporting, train
-from .config import TrainConfig
+from .conversion import convert
+from .training import evaluate as evaluation
+from .reporting import report as reporting
+from .training import train
+from .training.config import TrainConfig
 from .errors import UserError
-from .files import atomic_write, load_model, names_sidecar
+from .formats.files import atomic_write, load_model, names_sidecar
 from .model import ResidualNetwork
-from .outputs import curves_figure
+from .training.outputs import curves_figure
 
 PathLike = str | os.PathLike
 KERAS_NAMES = "keras_names"  # attribute of a model that came from Keras: its names file, for the way back

@@ -11,10 +11,10 @@ weights/resnet_cifar100.pkl -> weights/resnet_cifar100.pt. OUT.pt comes with OUT
 import sys
 from pathlib import Path
 
-from ..convert import convert_keras_file, format_report
+from ..conversion.convert import convert_keras_file, format_report
 from ..errors import ArgumentParser, UserError, cli
-from ..files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
-from ..keras_files import converted_name
+from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
+from ..formats.keras_files import converted_name
 
 
 @cli

@@ -10,14 +10,14 @@ and otherwise stand-ins made on the spot, in the same formats, under demo/:
 import sys
 from pathlib import Path
 
-from .. import train
-from ..config import TrainConfig, command_line
-from ..convert import convert_pickle
-from ..data import CIFAR10
+from ..training import train
+from ..training.config import TrainConfig, command_line
+from ..conversion.convert import convert_pickle
+from ..data.cifar import CIFAR10
 from ..errors import ArgumentParser, UserError, cli, shell_command
-from ..files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
-from ..report import write_report
-from ..synthetic import write_cifar, write_stand_in_keras_pickle
+from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
+from ..reporting.report import write_report
+from ..data.synthetic import write_cifar, write_stand_in_keras_pickle
 
 DEMO = Path("demo")
 

@@ -9,10 +9,10 @@ on the same images with that pickle (TensorFlow, in a child process) and compare
 """
 from pathlib import Path
 
-from ..data import FORMATS
+from ..data.cifar import FORMATS
 from ..errors import ArgumentParser, cli
-from ..evaluate import evaluate, format_summary
-from ..files import DEFAULT_STATE_DICT
+from ..training.evaluate import evaluate, format_summary
+from ..formats.files import DEFAULT_STATE_DICT
 
 
 @cli

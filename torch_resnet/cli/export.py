@@ -12,7 +12,7 @@ those of torch_resnet.keras_model.build(num_classes) in a fresh Keras 3 session.
 Layouts: conv OIHW -> HWIO, Linear (out, in) -> Dense (in, out), BN running stats -> moving_*.
 """
 
-from ..convert import export_keras_file
+from ..conversion.convert import export_keras_file
 from ..errors import ArgumentParser, cli
 
 

@@ -11,9 +11,9 @@ curves.png, checkpoint.pt (after every epoch). A stopped run continues with its 
 import argparse
 
 from ..errors import ArgumentParser, cli
-from .. import train
-from ..checkpoint import resume_config
-from ..config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig
+from ..training import train
+from ..training.checkpoint import resume_config
+from ..training.config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig
 
 
 def val_size(text: str) -> float:

@@ -8,7 +8,7 @@ curves.png, per_class.png and confusion.png. Any number of runs, one column each
 """
 
 from ..errors import ArgumentParser, cli
-from ..report import write_report
+from ..reporting.report import write_report
 
 
 @cli

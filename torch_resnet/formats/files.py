@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from . import safetensors_io
-from .errors import UserError, shell_command
-from .model import ResidualNetwork
+from ..errors import UserError, shell_command
+from ..model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
 DEFAULT_STATE_DICT = Path("weights/resnet_cifar100.pt")

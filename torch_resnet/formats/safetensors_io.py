@@ -8,7 +8,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from ..errors import UserError
 
 KERAS_NAMES = "keras_names"  # metadata key: the names record, as JSON text
 MAX_HEADER = 100_000_000  # the safetensors library's own limit

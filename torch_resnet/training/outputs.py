@@ -16,8 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .errors import UserError
-from .files import atomic_write, names_sidecar, save_torch
+from ..errors import UserError
+from ..formats.files import atomic_write, names_sidecar, save_torch
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"]
 VAL_KEYS = ("val_loss", "val_acc")  # null with --val-size 0

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Problems, UserError
-from .model import BLOCKS, FEATURES
+from ..errors import Problems, UserError
+from ..model import BLOCKS, FEATURES
 
 CONV, BN, DENSE = "Conv2D", "BatchNormalization", "Dense"
 _LAYER_VARS = {

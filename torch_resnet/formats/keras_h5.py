@@ -19,7 +19,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from .errors import Problems, UserError
+from ..errors import Problems, UserError
 
 MAX_READ_BYTES = 64 * 2**20  # all tensors read: the network is 17 MB in float32, 35 MB in float64
 MAX_ATTR_BYTES = 2**20

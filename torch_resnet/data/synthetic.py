@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert import state_dict_to_keras
-from .data import CIFAR10, STAND_IN_KEY, CifarFormat, load_cifar
-from .files import atomic_write
-from .model import ResidualNetwork, images_to_input
+from ..conversion.convert import state_dict_to_keras
+from .cifar import CIFAR10, STAND_IN_KEY, CifarFormat, load_cifar
+from ..formats.files import atomic_write
+from ..model import ResidualNetwork, images_to_input
 
 
 def make_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:

@@ -9,15 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .convert import keras_to_state_dict, state_dict_to_keras
-from .data import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
+from ..conversion.convert import keras_to_state_dict, state_dict_to_keras
+from ..data.cifar import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
 from .distributed import pick_device
-from .errors import UserError, check_count
-from .files import load_model, refuse_run_folder
-from .model import ResidualNetwork
+from ..errors import UserError, check_count
+from ..formats.files import load_model, refuse_run_folder
+from ..model import ResidualNetwork
 from .outputs import STAND_IN_NOTE, confusion_figure, title_stand_in, write_json, write_png
 from .performance import amp_dtype, autocast, describe, keep_freed_memory
-from .keras_files import read_keras_file
+from ..formats.keras_files import read_keras_file
 
 
 def pick_dataset(num_classes: int, dataset: str | None, weights) -> CifarFormat:
@@ -95,7 +95,7 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
               "n_images": len(split.labels), "stand_in_data": split.stand_in, "settings": describe(dev, dtype, True),
               **scores}
     if keras_pickle is not None:
-        from .keras_predict import keras_logits
+        from ..conversion.keras_predict import keras_logits
 
         # The pickle's names depend on its Keras session; mapped to torch keys and back to fresh
         # Keras 3 names, they are the exact variable paths of keras_model.build in a new session.

@@ -1,4 +1,4 @@
-"""The report's figures (``torch_resnet.report``), drawn with matplotlib's Figure: no pyplot, no
+"""The report's figures (``torch_resnet.reporting.report``), drawn with matplotlib's Figure: no pyplot, no
 display, no backend switch. Each takes the list of runs (``report.Run``) and returns a Figure, one
 colour per run (however many), titled as on stand-in data when a run's data was a stand-in."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from .outputs import confusion_scale, draw_confusion, epoch_axis, title_stand_in
+from ..training.outputs import confusion_scale, draw_confusion, epoch_axis, title_stand_in
 
 
 def stand_in_runs(runs) -> list:

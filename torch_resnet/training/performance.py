@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import AMP_MODES
-from .errors import UserError
+from ..errors import UserError
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:

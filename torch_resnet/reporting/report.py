@@ -13,10 +13,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import resume_command
-from .errors import UserError
-from .files import atomic_write, refuse_run_folder
-from .outputs import is_number, read_metrics
+from ..training.checkpoint import resume_command
+from ..errors import UserError
+from ..formats.files import atomic_write, refuse_run_folder
+from ..training.outputs import is_number, read_metrics
 from .report_figures import confusion_figure, curves_figure, per_class_figure, stand_in_runs
 
 FIGURES = {"curves.png": ("Validation accuracy and loss per epoch", curves_figure),
@@ -178,7 +178,7 @@ def blocks(runs: list[Run]) -> list[tuple]:
         who = (("This run was" if len(runs) == 1 else "These runs were") if len(stand_in) == len(runs)
                else f"{', '.join(stand_in)} {'was' if len(stand_in) == 1 else 'were'}")
         out.append(("p", who + " trained and tested on a stand-in data set (synthetic images in CIFAR format, made by "
-                      "torch_resnet.synthetic when the real CIFAR-10 was not there), not on CIFAR-10: the numbers "
+                      "torch_resnet.data.synthetic when the real CIFAR-10 was not there), not on CIFAR-10: the numbers "
                       "show that the pipeline works, not how well the network does on CIFAR-10."))
     out += [("p", "Every number below is read from the runs' metrics.json (test set evaluated once, at the end "
                   "of each run; validation split held out from the training images)."),

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .model import images_to_input
-from .safe_pickle import safe_load
+from ..errors import UserError
+from ..model import images_to_input
+from ..formats.safe_pickle import safe_load
 
 
 @dataclass(frozen=True)

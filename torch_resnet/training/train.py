@@ -20,14 +20,14 @@ from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, resume_command,
                          save_checkpoint)
 from .config import TrainConfig
-from .data import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
+from ..data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
-from .errors import UserError
+from ..errors import UserError
 from .evaluate import metrics as test_metrics
 from .evaluate import predict
-from .files import keras_names_text
+from ..formats.files import keras_names_text
 from .memory import peak_memory_bytes, step_memory_bytes
-from .model import ResidualNetwork
+from ..model import ResidualNetwork
 from .outputs import write_run
 from .performance import amp_dtype, autocast, describe, keep_freed_memory
 from .regimes import optimizer_for, prepare_model, trainable_parameters

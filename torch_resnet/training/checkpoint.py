@@ -12,9 +12,9 @@ import torch
 from filelock import FileLock, Timeout
 
 from .config import DEFAULT_LR, TrainConfig, option
-from .errors import UserError, option_value, shell_command
-from .files import names_sidecar, save_torch
-from .model import ResidualNetwork
+from ..errors import UserError, option_value, shell_command
+from ..formats.files import names_sidecar, save_torch
+from ..model import ResidualNetwork
 from .outputs import RUN_FILES, check_epoch_rows
 
 # Options that do not change the numbers a run produces, so a resumed run may set them anew.

@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import UserError, check_count, option_value
-from .files import DEFAULT_STATE_DICT
+from ..errors import UserError, check_count, option_value
+from ..formats.files import DEFAULT_STATE_DICT
 
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
 HEAD_LR = 1e-3  # a new, randomly initialised head needs an ordinary rate even in the full regime

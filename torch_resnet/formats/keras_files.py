@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .keras_config import check_config
 from .keras_h5 import Reader, is_keras2, read_keras2, read_keras3
 from .safe_pickle import load_array_dict

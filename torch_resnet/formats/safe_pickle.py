@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from .errors import Problems, UserError
+from ..errors import Problems, UserError
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

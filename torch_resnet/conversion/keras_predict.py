@@ -1,6 +1,6 @@
 """Logits of the Keras reference model, computed in a child process.
 
-    python -m torch_resnet.keras_predict WEIGHTS.pkl INPUTS.npy OUT.npy [--shortcut-from-raw]
+    python -m torch_resnet.conversion.keras_predict WEIGHTS.pkl INPUTS.npy OUT.npy [--shortcut-from-raw]
 
 WEIGHTS.pkl: Keras arrays in fresh Keras 3 naming (``default_keras_names``, as written by
 ``convert/pt_to_keras_pickle.py --keras3-names``), loaded by exact ``Variable.path`` into
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ArgumentParser, UserError, cli
-from .model import images_to_input
-from .safe_pickle import load_array_dict
+from ..errors import ArgumentParser, UserError, cli
+from ..model import images_to_input
+from ..formats.safe_pickle import load_array_dict
 
 
 def keras_logits(arrays: dict[str, np.ndarray], images: np.ndarray, shortcut_from_raw: bool = False,
@@ -64,7 +64,7 @@ def main(argv=None):
     if len(kernels) != 1:
         raise UserError(f"{args.weights}: expected exactly one Dense kernel, found {len(kernels)}")
 
-    from . import keras_model as km  # imports TensorFlow
+    from .. import keras_model as km  # imports TensorFlow
 
     km.keras.backend.clear_session()  # layer numbers from 0: the paths of default_keras_names
     model = km.build(kernels[0].shape[1], shortcut_from_raw=args.shortcut_from_raw)

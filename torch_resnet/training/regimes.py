@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
-from .errors import UserError, shell_command
-from .files import DEFAULT_STATE_DICT, load_model
+from ..errors import UserError, shell_command
+from ..formats.files import DEFAULT_STATE_DICT, load_model
 from .keras_recipe import keras_dense, keras_optimizer
-from .model import FEATURES, ResidualNetwork
+from ..model import FEATURES, ResidualNetwork
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

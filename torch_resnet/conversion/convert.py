@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import safetensors_io
-from .errors import Problems, UserError
-from .files import atomic_write, load_model, names_sidecar, save_torch
-from .keras_files import read_keras_file
-from .keras_h5 import write_keras3
+from ..formats import safetensors_io
+from ..errors import Problems, UserError
+from ..formats.files import atomic_write, load_model, names_sidecar, save_torch
+from ..formats.keras_files import read_keras_file
+from ..formats.keras_h5 import write_keras3
 from .keras_map import (TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, keras3_h5_layout,
                         map_keras_names, relayout)
-from .model import ResidualNetwork
+from ..model import ResidualNetwork
 
 
 def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
