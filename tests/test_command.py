@@ -44,14 +44,16 @@ def test_installed_command_runs_every_step_from_any_folder(installed, keras_fixt
                 "--epochs", 1, "--batch-size", SMALL["batch_size"], "--val-size", SMALL["val_size"], "--device", "cpu",
                 "--amp", "off", "--no-download", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "run" / "metrics.json").is_file(), r.stderr
-    r = command(installed, "export", "run/model.pt", "-o", "back.pkl", cwd=tmp_path)
-    assert r.returncode == 0 and (tmp_path / "back.pkl").is_file(), r.stderr
-    r = command(installed, "finetune", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.startswith("usage: torch-resnet finetune"), r.stdout[:200]
     r = command(installed, "finetune", "--resume", "--out", "run", cwd=tmp_path)  # the scripts' one-line errors
     assert_refused(r.returncode, r.stderr, "holds a finished run")
-    r = command(installed, "fine-tune", cwd=tmp_path)
-    assert_refused(r.returncode, r.stderr, "'fine-tune' is not a command of torch-resnet")
+
+
+def test_command_in_process(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", "--help"])
+    assert capsys.readouterr().out.startswith("usage: torch-resnet finetune")
+    assert cli.main(["fine-tune"]) == 2
+    assert_refused(2, capsys.readouterr().err, "'fine-tune' is not a command of torch-resnet")
 
 
 def test_printed_commands_name_the_command_it_was_run_as(setup, capsys, monkeypatch):

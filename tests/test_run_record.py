@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, assert_refused, call_script, finetune_args, run_script, stop_in_epoch, train
+from conftest import ROOT, SMALL, assert_refused, call_script, finetune_args, stop_in_epoch, train
 from torch_resnet.data.cifar import CIFAR10
 
 FINETUNE = "train/finetune.py"
@@ -106,9 +106,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, full_run, tmp_path, capsys):
+def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, freeze_run, tmp_path, capsys):
     out = tmp_path / "termed"
-    args = finetune_args(setup, out)
+    args = finetune_args(setup, out, "--freeze", "--step-memory")  # the options of the session's freeze_run
     r = subprocess.run([sys.executable, "-c", TERM_IN_SECOND_CHECKPOINT, str(ROOT / FINETUNE), *args],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 143, r.stderr[-2000:]
@@ -122,7 +122,7 @@ def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, full_run, tmp_pat
     rc, _, err = call_script(capsys, FINETUNE, "--resume", "--out", out)
     assert rc == 0, err
     assert not stale.exists()
-    resumed, straight = torch.load(out / "model.pt", weights_only=True), full_run[2]
+    resumed, straight = torch.load(out / "model.pt", weights_only=True), freeze_run[2]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
@@ -194,13 +194,14 @@ def test_duplicate_class_names_are_refused(setup, tmp_path, capsys):
     assert_refused(rc, err, "names the class 'cat' twice", nothing_in=tmp_path / "o")
 
 
-def test_one_test_figure_from_the_trainer_and_from_evaluate(setup, tmp_path):
-    metrics, _, _ = train(setup, tmp_path / "bf16", freeze=False, amp="bf16", epochs=1)  # trained in bf16
+def test_one_test_figure_from_the_trainer_and_from_evaluate(setup, tmp_path, capsys):
+    # trained (frozen backbone, features cached once) and validated in bf16; tested in fp32
+    metrics, _, _ = train(setup, tmp_path / "bf16", freeze=True, augment=False, amp="bf16", epochs=1)
     assert metrics["precision"] == {"train": "bfloat16", "validation": "bfloat16", "test": "float32"}
-    r = run_script("train/evaluate.py", "--weights", tmp_path / "bf16" / "model.pt", "--data-dir",
-                   setup[0] / "data", "--device", "cpu", "--no-download", "--batch-size", SMALL["batch_size"],
-                   "--out", tmp_path / "ev")
-    assert r.returncode == 0, r.stderr
+    rc, _, err = call_script(capsys, "train/evaluate.py", "--weights", tmp_path / "bf16" / "model.pt", "--data-dir",
+                             setup[0] / "data", "--device", "cpu", "--no-download", "--batch-size", SMALL["batch_size"],
+                             "--out", tmp_path / "ev")
+    assert rc == 0, err
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["top1"] == metrics["test_accuracy"] and ev["top5"] == metrics["test_top5"]
     assert abs(ev["loss"] - metrics["test_loss"]) < 1e-9
