@@ -163,3 +163,11 @@ def test_errors_are_the_scripts(api_runs, setup, keras_fixtures, tmp_path, capsy
     assert_refused(rc, err, str(as_api.value))
     with pytest.raises(UserError, match="is a Keras pickle"):
         tr.load(keras_fixtures / "keras3.pkl")
+
+
+def test_finetune_prints_only_the_runs_first_line(setup, tiny, tmp_path, capsys):
+    capsys.readouterr()
+    run = tr.finetune(setup[1], freeze=True, epochs=2, data_dir=tiny / "data", out=tmp_path / "q", **TINY)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("freeze: cpu"), lines  # the settings and why; bars show progress
+    assert len(run.metrics["epochs"]) == 2

@@ -160,7 +160,7 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     if model is not None:  # recorded as the run's --weights; a resume needs only the run's checkpoint
         given["weights"] = f"<{type(model).__name__} object>"
     cfg = TrainConfig(**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in given.items()})
-    metrics = train.main(cfg, pretrained=None if model is None else copy.deepcopy(model))
+    metrics = train.main(cfg, pretrained=None if model is None else copy.deepcopy(model), quiet=True)
     return Run(cfg.out_dir, metrics, load(cfg.out_dir / "model.pt"))
 
 

@@ -31,13 +31,14 @@ class RunContext:
     device: torch.device
     rank: int = 0
     world: int = 1
+    quiet: bool = False  # the Python API's runs: the first line only (tqdm bars show progress)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def print(self, *args):
-        if self.main:
+    def print(self, *args, first_line: bool = False):
+        if self.main and (first_line or not self.quiet):
             print(*args, flush=True)
 
 

@@ -151,11 +151,13 @@ def learning_rates(optimizer, model: ResidualNetwork) -> dict:
     return rates
 
 
-def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None) -> dict:
+def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: bool = False) -> dict:
     """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the
     metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``;
-    its Keras names, for the way back, in its ``keras_names`` attribute (as ``api.load`` sets it)."""
+    its Keras names, for the way back, in its ``keras_names`` attribute (as ``api.load`` sets it).
+    ``quiet``: print the run's first line only (the Python API's runs)."""
     with distributed(cfg.device) as ctx:
+        ctx.quiet = quiet
         return train_and_test(cfg, ctx, pretrained)
 
 
@@ -226,7 +228,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, cfg.compile)}"
               f"{f' x{ctx.world}' if ctx.world > 1 else ''}; {len(train.labels)} train / {n_val} val / "
               f"{len(test.labels)} test images, batch {cfg.batch_size}, "
-              f"trainable parameters {trainable_parameters(model):,}")
+              f"trainable parameters {trainable_parameters(model):,}", first_line=True)
     step_memory = None
     if cfg.step_memory:  # one extra, undone step: only when asked (bench/throughput.py measures it too)
         step_memory = step_memory_bytes(stepper, *next(train_batches.epoch(0)))
