@@ -114,9 +114,10 @@ def resume_config(given: dict) -> TrainConfig:
     return cfg
 
 
-def checkpoint_model(path: Path) -> ResidualNetwork:
-    """The network saved in the checkpoint ``path``: a resumed run needs no other weights file."""
-    state = read_checkpoint(path)["model"]
+def checkpoint_model(ckpt: dict, path: Path) -> ResidualNetwork:
+    """The network saved in ``ckpt`` (``read_checkpoint(path)``): a resumed run needs no other
+    weights file."""
+    state = ckpt["model"]
     head = state.get("head.weight")
     try:
         model = ResidualNetwork(head.shape[0])
@@ -126,10 +127,9 @@ def checkpoint_model(path: Path) -> ResidualNetwork:
         raise unreadable(path, f"no ResidualNetwork: {type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
 
 
-def load_checkpoint(path: Path, stepper, cfg: TrainConfig) -> tuple[list, int, str | None]:
-    """Restore model, optimizer, schedule and loss scale from ``path``; returns (history, next
-    epoch, the Keras names of the weights the run started from)."""
-    ckpt = read_checkpoint(path)
+def load_checkpoint(ckpt: dict, path: Path, stepper, cfg: TrainConfig) -> tuple[list, int, str | None]:
+    """Restore model, optimizer, schedule and loss scale from ``ckpt`` (``read_checkpoint(path)``);
+    returns (history, next epoch, the Keras names of the weights the run started from)."""
     refuse_changes(ckpt["config"], cfg, path.parent)
     try:
         stepper.model.load_state_dict(ckpt["model"])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 
-from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, resume_command,
+from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, read_checkpoint, resume_command,
                          save_checkpoint)
 from .config import TrainConfig
 from ..data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
@@ -191,7 +191,8 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     channels_last = cfg.channels_last if cfg.channels_last is not None else True  # fastest on CPU and CUDA
     # A resumed run takes every weight from its checkpoint: the --weights file may be gone.
     if cfg.resume:
-        pretrained = checkpoint_model(out / "checkpoint.pt")
+        ckpt = read_checkpoint(out / "checkpoint.pt")  # read once: the network, then the rest of the state
+        pretrained = checkpoint_model(ckpt, out / "checkpoint.pt")
     keras_names = (None if cfg.resume else getattr(pretrained, "keras_names", None) if pretrained is not None
                    else keras_names_text(cfg.init_from or cfg.weights))
     model = prepare_model(cfg, pretrained=pretrained).to(device)
@@ -222,7 +223,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
 
     history, start_epoch = [], 0
     if cfg.resume:
-        history, start_epoch, keras_names = load_checkpoint(out / "checkpoint.pt", stepper, cfg)
+        history, start_epoch, keras_names = load_checkpoint(ckpt, out / "checkpoint.pt", stepper, cfg)
         ctx.print(f"resuming {out} after epoch {start_epoch}")
 
     ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, cfg.compile)}"
