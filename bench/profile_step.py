@@ -4,7 +4,8 @@ train/finetune.py runs them (default settings), on CPU or CUDA.
 
     python bench/profile_step.py --device cuda [--batch-size 256] [--steps 10]
 
-Prints per regime: wall time per step, device-busy time per step (CUDA: the sum of kernel
+Each regime gets what a default run gets (the frozen backbone compiled where train/finetune.py
+would). Prints per regime: wall time per step, device-busy time per step (CUDA: the sum of kernel
 times; wall minus busy is launch and host overhead) and the top operators by device time.
 """
 import argparse
@@ -57,7 +58,8 @@ def main(argv=None):
         events = prof.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
         busy = sum(getattr(e, key) for e in events) / 1e6 / args.steps
-        print(f"== {regime}: {describe(device, stepper.autocast_dtype, True)}; batch {args.batch_size}: "
+        note = f"; {stepper.backbone.note}" if regime == "freeze" else ""
+        print(f"== {regime}: {describe(device, stepper.autocast_dtype, True)}{note}; batch {args.batch_size}: "
               f"{wall * 1e3:.2f} ms per step (under the profiler), {'kernels' if cuda else 'operators'} "
               f"{busy * 1e3:.2f} ms per step ({busy / wall:.0%} busy), {args.batch_size / wall:,.0f} img/s")
         print(events.table(sort_by=key, row_limit=args.rows))

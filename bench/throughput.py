@@ -5,10 +5,13 @@
 
 Each measurement runs in a fresh process of its own (peak memory is each one's own, TensorFlow
 never shares a process with PyTorch, nobody runs in another's warmed-up process):
-  epoch     images/s of a whole epoch as our scripts run it, with their default settings (or
-            --amp/--compile): for freeze and full, train/finetune.py's loop (device-resident
-            uint8 data, batch augmentation, step, metrics); for infer, train/evaluate.py's
-            forward pass (fp32 by default). One untimed warm-up epoch first;
+  epoch     images/s of a whole epoch as our scripts run it, with the settings a default run
+            (10 epochs of 45,000 images, 5,000 validated) gets (or --amp/--compile): for freeze
+            and full, train/finetune.py's loop (device-resident uint8 data, batch augmentation,
+            step, metrics); for infer, train/evaluate.py's forward pass (fp32 by default). One
+            untimed warm-up epoch first;
+  start-up  the one-time seconds before the first step that those settings cost (compiling the
+            frozen backbone where train/finetune.py would), reported apart from the epoch;
   ceiling   images/s of the bare step (or forward) repeated on one pre-made device batch;
   keras     the peer we replace: the seed's network in Keras 3 / TensorFlow with a course
             student's loop (bench/keras_peer.py);
@@ -44,6 +47,7 @@ from torch_resnet.training.performance import amp_dtype, autocast, describe, kee
 from torch_resnet.training.regimes import optimizer_for, prepare_model, trainable_parameters  # noqa: E402
 from torch_resnet.data.synthetic import write_cifar  # noqa: E402
 from torch_resnet.training.train import Stepper, train_one_epoch  # noqa: E402
+from torch_resnet.training.frozen_backbone import frozen_backbone  # noqa: E402
 
 REGIMES = ("freeze", "full", "infer")
 PEERS = ("keras", "baseline")
@@ -59,17 +63,25 @@ def timed(device, fn) -> float:
     return time.perf_counter() - t0
 
 
+DEFAULT_RUN_IMAGES = 10 * (45_000 + 5_000)  # through a default run's frozen backbone: 10 epochs, trained and validated
+
+
 def regime_stepper(cfg: TrainConfig, device) -> Stepper:
-    """The trainer's step for ``cfg``'s regime and settings on a random network, at a constant rate."""
+    """The trainer's step for ``cfg``'s regime and settings on a random network, at a constant rate,
+    with the frozen backbone a default run gets (compiled where train/finetune.py would)."""
     torch.manual_seed(0)
     model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg)
-    return Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device)
+    backbone = frozen_backbone(model.backbone, cfg.compile, device, amp_dtype(cfg.amp, device), cfg.batch_size,
+                               DEFAULT_RUN_IMAGES) if cfg.freeze else None
+    return Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device,
+                   backbone=backbone)
 
 
 def ours_training(regime, data, args, device):
     cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
     stepper = regime_stepper(cfg, device)
+    startup_s = stepper.backbone.startup_seconds if cfg.freeze else 0.0
     batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=True)
     compile_s = timed(device, lambda: train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False))
     epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, log_every=cfg.log_every, progress=False))
@@ -77,11 +89,12 @@ def ours_training(regime, data, args, device):
     steps = len(batches)
     ceiling_s = timed(device, lambda: [stepper.step(x, y) for _ in range(steps)])
     peak = peak_memory_bytes(device)
+    settings = describe(device, stepper.autocast_dtype, True, args.compile)
     return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(y) / ceiling_s,
-            "epoch_s": epoch_s, "warmup_epoch_s": compile_s, "peak_mem_bytes": peak,
+            "epoch_s": epoch_s, "warmup_epoch_s": compile_s, "startup_s": startup_s, "peak_mem_bytes": peak,
             "step_mem_bytes": step_memory_bytes(stepper, x, y),
             "trainable_params": trainable_parameters(stepper.model),
-            "settings": describe(device, stepper.autocast_dtype, True, args.compile)}
+            "settings": f"{settings}; {stepper.backbone.note}" if cfg.freeze else settings}
 
 
 def ours_inference(data, args, device):
@@ -101,7 +114,7 @@ def ours_inference(data, args, device):
 
     ceiling_s = timed(device, bare)
     return {"epoch_ips": len(data.labels) / epoch_s, "ceiling_ips": steps * len(x) / ceiling_s,
-            "epoch_s": epoch_s, "warmup_epoch_s": warm_s, "peak_mem_bytes": peak_memory_bytes(device),
+            "epoch_s": epoch_s, "warmup_epoch_s": warm_s, "startup_s": 0.0, "peak_mem_bytes": peak_memory_bytes(device),
             "settings": describe(device, dtype, True)}
 
 
@@ -192,7 +205,8 @@ def table(results: dict, regimes) -> str:
     def cell(r, key, fmt):
         return format(r[key], fmt) if r.get(key) is not None else "-"
 
-    cols = [("regime", None, "", 8), ("epoch img/s", "epoch_ips", ",.0f", 13), ("ceiling", "ceiling_ips", ",.0f", 10),
+    cols = [("regime", None, "", 8), ("epoch img/s", "epoch_ips", ",.0f", 13), ("start-up s", "startup_s", ".1f", 12),
+            ("ceiling", "ceiling_ips", ",.0f", 10),
             ("epoch/ceiling", "epoch_over_ceiling", ".2f", 15), ("keras img/s", "keras_ips", ",.0f", 13),
             ("ours/keras", "ours_over_keras", ".2f", 12), ("baseline img/s", "baseline_ips", ",.0f", 16),
             ("ours/baseline", "ours_over_baseline", ".2f", 15), ("peak MiB", "peak_mib", ",.0f", 10),
@@ -215,7 +229,8 @@ def main(argv=None):
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="precision, as in train/finetune.py and "
                    "train/evaluate.py")
     p.add_argument("--compile", default=None, choices=COMPILE_MODES,
-                   help="torch.compile our training loop in this mode (default: not compiled)")
+                   help="as train/finetune.py's --compile (default: its default, the frozen backbone compiled "
+                        "where measured to pay for a default run)")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES,
                    help=f"what to measure (default {' '.join(REGIMES)})")
     p.add_argument("--peer", nargs="*", default=None, choices=PEERS,

@@ -34,11 +34,15 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride=stride, padding=0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.same_conv(x, self.weight)
+
+    def same_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """This convolution's padding and stride with another ``weight`` (and a ``bias``)."""
         top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         if top == bottom and left == right:  # symmetric: let the conv kernel pad (no copy)
-            return F.conv2d(x, self.weight, None, self.stride, (top, left))
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, None, self.stride)
+            return F.conv2d(x, weight, bias, self.stride, (top, left))
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, self.stride)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:

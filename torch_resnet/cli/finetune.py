@@ -60,8 +60,9 @@ def parse_args(argv=None, prog=None) -> TrainConfig:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW memory layout (PyTorch's usual one)")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="torch.compile the model, in this mode (" + ", ".join(COMPILE_MODES) + "; alone: default); "
-                        "off by default: measured no faster on CPU, unstable gains on an H100 (README)")
+                   help="off: everything eager; a torch.compile mode (" + ", ".join(COMPILE_MODES[1:]) + "; alone: "
+                        "default): the trained model in that mode; by default, --freeze compiles its frozen "
+                        "backbone with inductor freezing where measured to pay on this CPU (docs/performance.md)")
     p.add_argument("--step-memory", action="store_true",
                    help="measure one training step's memory before training (one extra step, undone)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with the "

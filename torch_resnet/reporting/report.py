@@ -105,9 +105,11 @@ def recipe(m: dict) -> str:
 
 
 def precision(m: dict) -> str:
-    compiled = m["config"].get("compile")
+    compiled, startup = m["config"].get("compile"), m.get("startup_seconds")
     return ((m["amp"] if m["amp"] != "off" else "float32") + (", channels_last" if m["channels_last"] else "")
-            + (f", torch.compile {compiled}" if isinstance(compiled, str) else ", torch.compile" if compiled else ""))
+            + (f", torch.compile {compiled}" if isinstance(compiled, str) and compiled != "off"
+               else ", torch.compile" if compiled is True else "")
+            + (f", frozen backbone compiled ({startup:.1f} s start-up)" if is_number(startup) and startup > 0 else ""))
 
 
 def final(m: dict, key: str) -> str:

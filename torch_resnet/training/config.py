@@ -11,7 +11,8 @@ from ..formats.files import DEFAULT_STATE_DICT
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
 HEAD_LR = 1e-3  # a new, randomly initialised head needs an ordinary rate even in the full regime
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("off", *TORCH_COMPILE_MODES)
 RECIPES = ("default", "keras")  # keras: Keras' Adam, constant rate, Dense init (keras_recipe.py)
 
 
@@ -34,7 +35,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
     augment: bool = True
     channels_last: bool | None = None  # default: on (fastest on CPU and CUDA)
-    compile: str | None = None  # a torch.compile mode ("default", "reduce-overhead", ...); None: eager
+    compile: str | None = None  # None (auto): frozen_backbone.py's choice; off: eager; else a torch.compile mode
     step_memory: bool = False  # measure one extra, undone step's memory before training
     resume: bool = False
     overwrite: bool = False

@@ -23,16 +23,67 @@ from .config import AMP_MODES
 from ..errors import UserError
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic instructions (x86 avx512_bf16/amx_bf16), read from
-    /proc/cpuinfo; False where that is not known (other systems): fp32 is the safe default."""
+def cpu_flags() -> frozenset:
+    """The x86 CPU's feature flags from /proc/cpuinfo; empty elsewhere (other systems, Arm)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False  # Arm bf16 (e.g. Graviton3) is not measured here yet
+        return frozenset()  # Arm bf16 (e.g. Graviton3) is not measured here yet
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (x86 avx512_bf16/amx_bf16); False where
+    that is not known: fp32 is the safe default."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_kind() -> str:
+    """What decides the CPU's speed here: "amx" (AMX tiles with bf16), "avx512_bf16", else
+    PyTorch's own name for the vector instructions it uses ("avx512", "avx2", "default", ...)."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+# The frozen backbone (the freeze regime's constant function), batch 256, channels_last, with
+# the trainer's allocator setting, on 2 CPU cores: (eager img/s, img/s compiled by inductor with
+# freezing, seconds the compilation took), by CPU kind and training precision. Freezing makes the
+# weights constants: each BatchNorm folds into the convolution before it, SiLU and the residual
+# add fuse into the convolutions, oneDNN's weights are packed once. Kinds and precisions not here
+# are not known to pay: their backbone runs eagerly.
+#   Xeon (Sapphire Rapids, AMX), torch 2.14.1: probe of issue 16 (eager 1,013, compiled 1,408)
+#   AMD EPYC, AVX2 only, torch 2.14.1, 2026-11-28: bench/frozen_backbone.py (compiled is slower)
+#   Zen 4 (avx512_bf16), fp32 only: 72 eager, 68 compiled per core (issue 8), bf16 not measured
+FROZEN_BACKBONE_RATES = {
+    ("amx", torch.bfloat16): (1013.0, 1408.0, 7.0),
+    ("avx2", None): (96.0, 86.0, 33.0),
+}
+
+
+def compile_frozen_backbone(device: torch.device, dtype: torch.dtype | None, images: int) -> tuple[bool, str]:
+    """Whether compiling the frozen backbone with inductor freezing pays back its compilation over
+    ``images`` images through it on this device, and why, in a few words. From the measured rates
+    above, taken to scale with the number of threads."""
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    if device.type != "cpu":
+        return False, f"compiling not measured to pay on {device.type}"
+    where = f"this CPU ({cpu_kind()}) in {precision}"
+    rates = FROZEN_BACKBONE_RATES.get((cpu_kind(), dtype))
+    if rates is None:
+        return False, f"compiling not measured to pay on {where}"
+    eager, compiled, compile_s = rates
+    gain = compiled / eager - 1
+    if gain <= 0:
+        return False, f"compiled measured {gain:+.0%} on {where}"
+    saved = images * (1 / eager - 1 / compiled) * 2 / torch.get_num_threads()
+    pays = saved > compile_s
+    return pays, (f"{gain:+.0%} measured on {where}: {images:,} images save about {saved:.0f} s "
+                  f"{'for' if pays else 'against'} {compile_s:.0f} s of compilation")
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int]:
@@ -110,7 +161,8 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
-def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compile_mode: str | None = None) -> str:
+def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compile_mode: str | None = None
+             ) -> str:
     """The settings in a few words, for a run's first line: the precision and why."""
     precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(dtype, "fp32")
     reason = why(device, dtype)
@@ -120,6 +172,6 @@ def describe(device: torch.device, dtype: torch.dtype | None, channels_last: boo
         parts.append(f"{torch.get_num_threads()} threads")
         if _kept:
             parts.append("malloc keeps freed memory")
-    if compile_mode:
+    if compile_mode and compile_mode != "off":
         parts.append(f"torch.compile ({compile_mode})")
     return ", ".join(parts)

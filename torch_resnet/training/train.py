@@ -19,12 +19,13 @@ from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 
 from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, read_checkpoint, resume_command,
                          save_checkpoint)
-from .config import TrainConfig
+from .config import TORCH_COMPILE_MODES, TrainConfig
 from ..data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
 from ..errors import UserError
 from .evaluate import metrics as test_metrics
 from .evaluate import predict
+from .frozen_backbone import FrozenBackbone, frozen_backbone
 from ..formats.files import keras_names_text
 from .memory import peak_memory_bytes, step_memory_bytes
 from ..model import ResidualNetwork
@@ -37,12 +38,14 @@ class Stepper:
     """Forward/backward/update for one batch, in the regime's cheapest correct way."""
 
     def __init__(self, model: ResidualNetwork, optimizer, scheduler, cfg: TrainConfig, device: torch.device,
-                 world: int = 1):
+                 world: int = 1, backbone: FrozenBackbone | None = None):
         self.model, self.optimizer, self.scheduler, self.freeze = model, optimizer, scheduler, cfg.freeze
         self.autocast_dtype = amp_dtype(cfg.amp, device)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
-        backbone, trained = model.backbone, (model.head if cfg.freeze else model)
+        # --freeze: the backbone is a constant function (frozen_backbone.py), only the head trains
+        self.backbone = backbone or FrozenBackbone(model.backbone)
+        trained = model.head if cfg.freeze else model
         if world > 1:  # gradients are averaged across ranks; frozen BN buffers need no broadcast
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -50,21 +53,23 @@ class Stepper:
             no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
                        else "broadcast_buffers")
             trained = DDP(trained, **{no_sync: False})
-        if cfg.compile:
-            mode = None if cfg.compile == "default" else cfg.compile
-            backbone, trained = torch.compile(backbone, mode=mode), torch.compile(trained, mode=mode)
+        if cfg.compile in TORCH_COMPILE_MODES:
+            trained = torch.compile(trained, mode=None if cfg.compile == "default" else cfg.compile)
         # CUDA-graph modes reuse their output buffers: each step must say the last one's are done
         self.cudagraphs = cfg.compile in ("reduce-overhead", "max-autotune")
-        self.backbone, self.trained = backbone, trained
+        self.trained = trained
 
     def autocast(self):
         return autocast(self.device_type, self.autocast_dtype)
 
     def logits(self, x):
         if self.freeze and x.dim() == 4:  # images (not cached features): no activations kept for the backbone
-            with torch.no_grad():
-                x = self.backbone(x)
+            x = self.backbone(x)
         return self.trained(x)
+
+    def eval_logits(self, x):
+        """Validation's logits (no autograd, eval mode): the frozen backbone as in training."""
+        return self.model.head(self.backbone(x)) if self.freeze else self.model(x)
 
     def step(self, x, y):
         if self.cudagraphs:
@@ -81,17 +86,15 @@ class Stepper:
 
 
 @torch.no_grad()
-def backbone_features(model: ResidualNetwork, split: CifarSplit, batch_size: int, channels_last: bool,
-                      autocast_dtype) -> CifarSplit:
+def backbone_features(backbone: FrozenBackbone, split: CifarSplit, batch_size: int, device: torch.device,
+                      channels_last: bool, autocast_dtype) -> CifarSplit:
     """The frozen backbone's features of a whole split: for --freeze without augmentation, where
     every epoch would compute exactly these again."""
-    model.eval()
-    device = model.head.weight.device
     parts = []
     for x, _ in DeviceBatches(split, batch_size, device, shuffle=False, augment=False,
                               channels_last=channels_last).epoch(0):
         with autocast(device.type, autocast_dtype):
-            parts.append(model.backbone(x).float())
+            parts.append(backbone(x).float())
     return CifarSplit(torch.cat(parts), split.labels, split.class_names)
 
 
@@ -132,7 +135,7 @@ def evaluate(stepper: Stepper, batches: DeviceBatches) -> tuple[float, float]:
     sums = torch.zeros(3, device=batches.device, dtype=torch.float64)  # loss sum, correct, count
     for x, y in batches.epoch(0):
         with stepper.autocast():
-            logits = stepper.model(x).float()
+            logits = stepper.eval_logits(x).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
@@ -205,10 +208,17 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     shard = (ctx.rank, ctx.world)
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=shard)
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
+    dtype = amp_dtype(cfg.amp, device)
+    backbone = None
+    if cfg.freeze:  # compiled where that pays over the images this run still puts through it
+        epochs_left = cfg.epochs - (int(ckpt["epoch"]) + 1 if cfg.resume else 0)
+        train_passes = epochs_left if cfg.augment else 1  # without augmentation: features computed once
+        images = (train_passes * len(train.labels) + epochs_left * n_val) // ctx.world
+        backbone = frozen_backbone(model.backbone, cfg.compile, device, dtype, per_rank, images, channels_last)
     cache_seconds = None  # computing the frozen backbone's features once is counted in the first epoch
     if cfg.freeze and not cfg.augment:
         t0 = time.perf_counter()
-        train = backbone_features(model, train, per_rank, channels_last, amp_dtype(cfg.amp, device))
+        train = backbone_features(backbone, train, per_rank, device, channels_last, dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cache_seconds = time.perf_counter() - t0
@@ -219,7 +229,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the whole run, per step
         optimizer, lambda s: 1.0 if cfg.recipe == "keras" else  # Keras: a constant rate
         0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    stepper = Stepper(model, optimizer, scheduler, cfg, device, ctx.world)
+    stepper = Stepper(model, optimizer, scheduler, cfg, device, ctx.world, backbone)
 
     history, start_epoch = [], 0
     if cfg.resume:
@@ -229,7 +239,8 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     ctx.print(f"{cfg.regime}: {describe(device, stepper.autocast_dtype, channels_last, cfg.compile)}"
               f"{f' x{ctx.world}' if ctx.world > 1 else ''}; {len(train.labels)} train / {n_val} val / "
               f"{len(test.labels)} test images, batch {cfg.batch_size}, "
-              f"trainable parameters {trainable_parameters(model):,}", first_line=True)
+              f"trainable parameters {trainable_parameters(model):,}"
+              f"{f'; {backbone.note}' if backbone else ''}", first_line=True)
     step_memory = None
     if cfg.step_memory:  # one extra, undone step: only when asked (bench/throughput.py measures it too)
         step_memory = step_memory_bytes(stepper, *next(train_batches.epoch(0)))
@@ -256,6 +267,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
         "train_images": len(train.labels), "val_images": n_val, "test_images": len(test.labels),
         "stand_in_data": test.stand_in,  # synthetic.write_cifar's stand-in, not CIFAR-10: the report says so
         "learning_rates": learning_rates(optimizer, model), "feature_cache_seconds": cache_seconds,
+        "startup_seconds": backbone.startup_seconds if backbone else 0.0,  # compiling (frozen_backbone.py)
         "config": asdict(cfg),
     }
     ctx.print(f"test loss {scores['test_loss']:.4f}  test accuracy {scores['test_accuracy']:.4f}  "

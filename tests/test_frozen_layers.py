@@ -1,0 +1,111 @@
+"""Frozen layers made cheaper: the full regime's BatchNorm folded into the convolution before it,
+and the freeze regime's backbone compiled with inductor freezing where measured to pay. Neither
+may change results beyond float rounding, nor the state dict."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import train
+from torch_resnet import ResidualNetwork
+from torch_resnet.model import ResidualBlock
+from torch_resnet.training import performance
+from torch_resnet.training.frozen_backbone import frozen_backbone
+from torch_resnet.training.regimes import FoldedResidualBlock, freeze_batchnorm
+
+CPU = torch.device("cpu")
+
+
+def network_with_trained_statistics(shortcut_from_raw):
+    torch.manual_seed(0)
+    model = ResidualNetwork(10, shortcut_from_raw=shortcut_from_raw)
+    for m in model.modules():  # BatchNorms as training leaves them, not the identity of a new one
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.3, 3)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("shortcut_from_raw", [False, True])
+def test_folded_batchnorm_trains_as_the_unfolded_one(shortcut_from_raw):
+    model = network_with_trained_statistics(shortcut_from_raw)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze_batchnorm(model.backbone)
+    assert all(type(b) is FoldedResidualBlock for b in model.backbone.blocks)
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
+
+    reference = copy.deepcopy(model)
+    for block in reference.backbone.blocks:
+        block.__class__ = ResidualBlock  # the model's own block, with the same frozen BatchNorms
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    y = torch.randint(0, 10, (4,))
+    for m in (model, reference):
+        m.train()
+        F.cross_entropy(m(x), y).backward()
+    with torch.no_grad():
+        folded, unfolded = model(x), reference(x)
+    assert (folded - unfolded).abs().max() <= 1e-5 * unfolded.abs().max()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name  # frozen BatchNorm: no gradient in either
+            continue
+        assert (p.grad - q.grad).norm() <= 1e-4 * q.grad.norm(), name
+
+    model.eval(), reference.eval()  # evaluation is the exact path, bit for bit
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_compiling_the_frozen_backbone_is_decided_by_measured_rates(monkeypatch):
+    bf16, fp32 = torch.bfloat16, None
+    monkeypatch.setattr(performance, "cpu_kind", lambda: "amx")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    pays, why = performance.compile_frozen_backbone(CPU, bf16, 500_000)
+    assert pays and "+39% measured on this CPU (amx) in bf16" in why and "for 7 s of compilation" in why
+    pays, why = performance.compile_frozen_backbone(CPU, bf16, 10_000)  # too few images to pay back
+    assert not pays and "against 7 s" in why
+    pays, why = performance.compile_frozen_backbone(CPU, fp32, 500_000)
+    assert not pays and "not measured to pay on this CPU (amx) in fp32" in why
+    monkeypatch.setattr(performance, "cpu_kind", lambda: "avx2")
+    pays, why = performance.compile_frozen_backbone(CPU, fp32, 10**7)
+    assert not pays and "compiled measured -10%" in why
+    pays, why = performance.compile_frozen_backbone(torch.device("cuda"), bf16, 10**7)
+    assert not pays and "on cuda" in why
+
+
+def test_compiled_frozen_backbone_changes_nothing_but_rounding(setup, tmp_path, monkeypatch, capsys):
+    """A real inductor compilation (where the rates say it pays; here they are made to), checked
+    against --compile off on the same run: the same head within fp32 rounding."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's /tmp
+    monkeypatch.setitem(performance.FROZEN_BACKBONE_RATES, (performance.cpu_kind(), None), (10.0, 20.0, 0.1))
+    small = dict(freeze=True, epochs=1, batch_size=16, val_size=8)  # 152 train images: a last batch of 8, eager
+    compiled, _, compiled_model = train(setup, tmp_path / "auto", **small)
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert "frozen backbone compiled with inductor freezing in" in first_line and "+100% measured" in first_line
+    assert compiled["startup_seconds"] > 0
+    eager, _, eager_model = train(setup, tmp_path / "off", compile="off", **small)
+    assert "frozen backbone eager (--compile off)" in capsys.readouterr().out.splitlines()[0]
+    assert eager["startup_seconds"] == 0
+    for key in ("head.weight", "head.bias"):
+        assert (compiled_model[key] - eager_model[key]).abs().max() <= 1e-4 * eager_model[key].abs().max(), key
+    assert abs(compiled["epochs"][0]["val_loss"] - eager["epochs"][0]["val_loss"]) <= 1e-4
+    assert compiled["test_accuracy"] == eager["test_accuracy"]  # the test pass is fp32 eager in both
+
+
+def test_a_failed_compilation_leaves_the_backbone_eager(tmp_path, monkeypatch):
+    """No working C++ compiler (as on many Windows machines): the run goes on, eager, and says why."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setitem(performance.FROZEN_BACKBONE_RATES, (performance.cpu_kind(), None), (10.0, 20.0, 0.1))
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
+    model = ResidualNetwork(10)
+    freeze_batchnorm(model.backbone)
+    backbone = frozen_backbone(model.backbone, None, CPU, None, batch=2, images=10**6)
+    assert backbone.compiled is None and "frozen backbone eager (torch.compile failed:" in backbone.note
+    assert "C++ compiler" in backbone.note
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(backbone(x), model.backbone.eval()(x))
