@@ -274,7 +274,9 @@ def main(argv=None):
             res["peak_mib"] = res["peak_mem_bytes"] / 2**20 if res.get("peak_mem_bytes") else None
             res["step_mib"] = res["step_mem_bytes"] / 2**20 if res.get("step_mem_bytes") else None
             results[regime] = res
-    print(f"{results['machine']}; device {device}; batch {args.batch_size}; {images} images per epoch")
+    # --data-dir may hold fewer images than asked for: the figures are for the images used
+    results["images"] = min([results[r]["images"] for r in args.regimes if "images" in results[r]] or [images])
+    print(f"{results['machine']}; device {device}; batch {args.batch_size}; {results['images']:,} images per epoch")
     print(table(results, args.regimes))
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""The measurement behind torch_resnet/training/performance.py's FROZEN_BACKBONE_RATES, for this CPU:
+the frozen backbone (inference, channels_last, the trainer's allocator setting) eager and compiled
+by inductor with freezing, and the seconds the compilation takes with an empty cache.
+
+    python bench/frozen_backbone.py [--amp auto] [--batch-size 256] [--batches 4]
+
+Prints the rates and the table entry; a CPU kind not yet in the table is worth adding (with the
+machine named in the comment above it), since the trainer compiles only where a row says it pays.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
+from torch_resnet import ResidualNetwork  # noqa: E402
+from torch_resnet.training.config import AMP_MODES  # noqa: E402
+from torch_resnet.training.performance import amp_dtype, autocast, cpu_kind, keep_freed_memory  # noqa: E402
+from torch_resnet.training.regimes import freeze_batchnorm  # noqa: E402
+
+
+def rate(backbone, x, batches: int, dtype) -> float:
+    with torch.no_grad(), autocast("cpu", dtype):
+        backbone(x)  # warm-up (oneDNN primitives; for the compiled one, already compiled)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            backbone(x)
+    return batches * len(x) / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--amp", default="auto", choices=AMP_MODES, help="training precision, as train/finetune.py's")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    p.add_argument("--batches", type=int, default=4, help="timed batches of each")
+    args = p.parse_args(argv)
+    keep_freed_memory()
+    dtype = amp_dtype(args.amp, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = ResidualNetwork(10)
+    freeze_batchnorm(model.backbone)
+    backbone = model.backbone.to(memory_format=torch.channels_last).eval()
+    x = (torch.rand(args.batch_size, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    eager = rate(backbone, x, args.batches, dtype)
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # an empty cache: what a first run pays
+        compiled = torch.compile(backbone, options={"freezing": True})
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast("cpu", dtype):
+            compiled(x)
+        compile_s = time.perf_counter() - t0
+        fast = rate(compiled, x, args.batches, dtype)
+    threads = torch.get_num_threads()
+    print(f"{cpu_kind()} CPU, {threads} threads, {dtype or 'fp32'}, batch {args.batch_size}, torch {torch.__version__}: "
+          f"eager {eager:,.0f} img/s, compiled with freezing {fast:,.0f} img/s ({fast / eager:.2f}x), "
+          f"compiled in {compile_s:.1f} s")
+    scale = 2 / threads  # the table holds 2-thread rates
+    print(f"table entry: ({cpu_kind()!r}, {'torch.bfloat16' if dtype else None}): "
+          f"({eager * scale:.1f}, {fast * scale:.1f}, {compile_s:.1f}),")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
