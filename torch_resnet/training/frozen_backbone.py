@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from .config import TORCH_COMPILE_MODES
 from .performance import autocast, compile_frozen_backbone
 
 # How far the compiled backbone's features may be from the eager ones, relative to their largest
@@ -25,16 +26,21 @@ TOLERANCE = {None: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 class FrozenBackbone:
     """Calls the backbone, always in eval mode and without autograd; full batches of ``batch``
     images through ``compiled`` when there is one, a smaller last batch eagerly (no second
-    compilation for its shape). ``note`` says what was chosen and why; ``startup_seconds`` what
-    choosing it cost (the compilation and its check)."""
+    compilation for its shape); every batch when ``batch`` is None (a --compile mode, whose
+    CUDA graphs reuse their outputs: each call's are copied). ``note`` says what was chosen and
+    why; ``startup_seconds`` what choosing it cost (the compilation and its check)."""
 
-    def __init__(self, module: nn.Module, compiled=None, batch: int = 0, note: str = "", startup_seconds: float = 0.0):
+    def __init__(self, module: nn.Module, compiled=None, batch: int | None = 0, note: str = "",
+                 startup_seconds: float = 0.0):
         self.module, self.compiled, self.batch = module, compiled, batch
         self.note, self.startup_seconds = note, startup_seconds
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.module.eval()  # frozen: the same function in every epoch (and one graph for inductor)
+        if self.compiled is not None and self.batch is None:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.compiled(x).clone()
         if self.compiled is not None and x.shape[0] == self.batch:
             return self.compiled(x)
         return self.module(x)
@@ -44,10 +50,15 @@ def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.d
                     batch: int, images: int, channels_last: bool = True) -> FrozenBackbone:
     """The freeze regime's backbone for a run that puts ``images`` images through it in batches of
     ``batch``: compiled with inductor freezing when ``compile_mode`` is None (auto) and the measured
-    rates say it pays on this device, else eager (``--compile off``, or not worth it here)."""
+    rates say it pays on this device, else eager (``--compile off``, or not worth it here); with a
+    torch.compile mode, compiled in that mode."""
     module.eval()
     if compile_mode == "off":
         return FrozenBackbone(module, note="frozen backbone eager (--compile off)")
+    if compile_mode in TORCH_COMPILE_MODES:  # compiled on first use, as the trained part
+        mode = None if compile_mode == "default" else compile_mode
+        return FrozenBackbone(module, torch.compile(module, mode=mode), None,
+                              note=f"frozen backbone --compile {compile_mode}")
     pays, why = compile_frozen_backbone(device, dtype, images)
     if not pays:
         return FrozenBackbone(module, note=f"frozen backbone eager ({why})")
