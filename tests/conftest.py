@@ -1,7 +1,9 @@
 import os
+import queue
 import runpy
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,14 +69,91 @@ def assert_refused(rc, err, *needles, nothing_in=None):
     return err
 
 
+class KerasProcess:
+    """The session's one Keras process (tests/make_keras_fixtures.py; no TF in pytest): it makes
+    every Keras file the tests read, then loads into Keras what they export. ``wait_for`` a word
+    it says when it is done with something ("fixtures", "training", "loaded SPEC")."""
+
+    def __init__(self, folder):
+        self.folder, self.said, self.lines = folder, set(), queue.Queue()
+        self.log = open(folder / "stderr.txt", "w")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "make_keras_fixtures.py"), str(folder)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=folder)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("")  # it ended
+
+    def wait_for(self, word, timeout=900):
+        while word not in self.said:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                line = None
+            if not line:
+                self.lines.put(line)  # for whoever waits next
+                raise AssertionError(f"Keras {'ended' if line == '' else 'timed out'} before {word!r}: "
+                                     + (self.folder / "stderr.txt").read_text()[-3000:])
+            self.said.add(line)
+
+    def load(self, spec):
+        """Exported weights into Keras (make_keras_files.load of SPEC.json): their logits saved."""
+        self.proc.stdin.write(f"{spec}\n")
+        self.proc.stdin.flush()
+        self.wait_for(f"loaded {spec}")
+
+    def close(self):  # nothing more to ask of it (TensorFlow takes seconds to exit by itself)
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+def needed(session, fixture):
+    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, items):
+    """The modules that need no Keras run first, while the Keras process makes its files."""
+    with_keras = {item.module for item in items if "keras_process" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: getattr(item, "module", None) in with_keras)
+
+
 @pytest.fixture(scope="session")
-def keras_fixtures(tmp_path_factory):
-    """Pickles and Keras outputs made by a real Keras model, in a subprocess (no TF in pytest)."""
-    out = tmp_path_factory.mktemp("keras")
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "make_keras_fixtures.py"), str(out)],
-                       capture_output=True, text=True, cwd=out, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
+def keras_process(request, tmp_path_factory):
+    """One TensorFlow start-up for the session; the training reference is made only when a test needs it."""
+    folder = tmp_path_factory.mktemp("keras")
+    if needed(request.session, "keras_training"):
+        from test_training_parity import write_inputs  # the inputs of the Keras training loop
+        write_inputs(folder / "training")
+    process = KerasProcess(folder)
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_keras_first(request):
+    """Keras starts with the session's first test (one that needs none of it: they run first), not
+    with the first test that waits for it."""
+    if needed(request.session, "keras_process"):
+        request.getfixturevalue("keras_process")
+
+
+@pytest.fixture(scope="session")
+def keras_fixtures(keras_process):
+    """Pickles and Keras outputs made by a real Keras model (tests/make_keras_fixtures.py)."""
+    keras_process.wait_for("fixtures")
+    return keras_process.folder
+
+
+@pytest.fixture(scope="session")
+def keras_training(keras_process):
+    """The Keras training reference of tests/test_training_parity.py (make_keras_training_fixtures.py)."""
+    keras_process.wait_for("training")
+    return keras_process.folder / "training"
 
 
 def converted(keras_fixtures, scheme, folder):
@@ -96,19 +175,20 @@ def setup(keras_fixtures, tmp_path_factory):
     """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests."""
     root = tmp_path_factory.mktemp("finetune")
     weights = converted(keras_fixtures, "keras3", root)
-    write_cifar(root / "data", CIFAR10, train_size=160, test_size=80, seed=5)
+    write_cifar(root / "data", CIFAR10, train_size=64, test_size=32, seed=5)
     return root, weights
 
 
-# 120/40/80 train/val/test images; fp32 (bf16 would hide the DDP check's 1e-4 in its rounding)
-SMALL = dict(epochs=2, batch_size=40, val_size=40, seed=3, device="cpu", amp="off", download=False)
+# 48/16/32 train/val/test images, 3 steps an epoch; fp32 (bf16 would hide the DDP check's 1e-4 in its rounding)
+SMALL = dict(epochs=2, batch_size=16, val_size=16, seed=3, device="cpu", amp="off", download=False)
 
 
 def train(setup, out, **kw):
-    """A fine-tuning run on the small data set, in process: (metrics, weights before, weights after)."""
+    """A fine-tuning run on the small data set (or ``data_dir``), in process: (metrics, weights
+    before, weights after)."""
     root, weights = setup
-    cfg = TrainConfig(weights=str(kw.pop("weights", weights)), data_dir=str(root / "data"), out=str(out),
-                      **{**SMALL, **kw})
+    cfg = TrainConfig(weights=str(kw.pop("weights", weights)), data_dir=str(kw.pop("data_dir", root / "data")),
+                      out=str(out), **{**SMALL, **kw})
     metrics = trainer.main(cfg)
     return metrics, torch.load(cfg.weights, weights_only=True), torch.load(out / "model.pt", weights_only=True)
 

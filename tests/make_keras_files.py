@@ -1,7 +1,8 @@
 """Real Keras files, written by Keras 3 and by Keras 2 (tf-keras), for tests/test_keras_files.py.
-Run in a subprocess (TensorFlow stays out of the pytest process):
+Called in the session's Keras process (tests/make_keras_fixtures.py; TensorFlow stays out of the
+pytest process), or on its own:
 
-    python tests/make_keras_files.py make OUT_DIR     (called by make_keras_fixtures.py)
+    python tests/make_keras_files.py make OUT_DIR     (the files)
     python tests/make_keras_files.py load SPEC.json   (Keras loads exported weights, gives logits)
 
 ``make`` writes into OUT_DIR, each with <name>.npz (the images and Keras' logits on them):

@@ -1,12 +1,17 @@
-"""Run in a subprocess by the tests (TensorFlow stays out of the pytest process).
+"""The session's one Keras process, started by tests/conftest.py (TensorFlow stays out of pytest).
 
     python tests/make_keras_fixtures.py OUT_DIR
 
 Builds the reference Keras 3 model under several naming schemes, gives it random non-trivial
 weights, pickles each the way the course would, and stores Keras' logits and pooled features on
-fixed inputs (inference mode) next to the pickles, in OUT_DIR/<scheme>.{pkl,npz}; and the Keras
-files of tests/make_keras_files.py in OUT_DIR/files (one TensorFlow start-up for both).
+fixed inputs (inference mode) next to the pickles, in OUT_DIR/<scheme>.{pkl,npz}; writes the Keras
+files of tests/make_keras_files.py in OUT_DIR/files; says "fixtures" on stdout. Then, when
+OUT_DIR/training/inputs.pkl is there, the training reference of tests/make_keras_training_fixtures.py
+in OUT_DIR/training, and says "training". Then, for each SPEC.json path read from stdin, it loads
+exported weights into Keras (make_keras_files.load) and says "loaded SPEC.json", until stdin closes.
+One TensorFlow start-up for all of it.
 """
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -52,5 +57,20 @@ def main(out_dir):
     make_keras_files.make(out / "files")
 
 
+def serve(out_dir):
+    out = Path(out_dir)
+    answers = os.fdopen(os.dup(1), "w")  # the answers' own channel: whatever else writes to stdout
+    os.dup2(2, 1)  # (TensorFlow, Keras) goes to stderr
+    main(out)
+    print("fixtures", file=answers, flush=True)
+    if (out / "training" / "inputs.pkl").is_file():
+        import make_keras_training_fixtures
+        make_keras_training_fixtures.main(out / "training")
+        print("training", file=answers, flush=True)
+    for line in sys.stdin:
+        make_keras_files.load(line.strip())
+        print(f"loaded {line.strip()}", file=answers, flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    serve(sys.argv[1])

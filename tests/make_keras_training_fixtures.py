@@ -1,9 +1,11 @@
-"""Run in a subprocess by tests/test_training_parity.py (TensorFlow stays out of the pytest process).
+"""The Keras reference of tests/test_training_parity.py, made in the session's Keras process
+(tests/make_keras_fixtures.py; TensorFlow stays out of the pytest process), or on its own:
 
     python tests/make_keras_training_fixtures.py DIR
 
-Reads DIR/inputs.pkl (written by the test: the head, the uint8 images and labels of every step,
-learning rates, gradients for the optimizer check) and writes, from real Keras 3:
+Reads DIR/inputs.pkl (written by test_training_parity.write_inputs: the head, the uint8 images
+and labels of every step, learning rates, gradients for the optimizer check) and writes, from
+real Keras 3:
 
 - DIR/keras10.pkl: the 10-class reference model's weights, named the Keras 3 way (random
   non-trivial backbone whose BatchNorm statistics are those of the calibration images, the
@@ -89,6 +91,7 @@ def adam_on_given_gradients(start, grads, lr):
 def main(folder):
     folder = Path(folder)
     inputs = pickle.loads((folder / "inputs.pkl").read_bytes())
+    keras.backend.clear_session()  # layer numbers from 0, whatever this process built before
     keras.utils.set_random_seed(inputs["seed"])
     model = km.build(10)
     km.randomize(model, seed=inputs["seed"])

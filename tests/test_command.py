@@ -32,9 +32,10 @@ def command(site, *args, cwd):
 
 
 def test_installed_command_runs_every_step_from_any_folder(installed, keras_fixtures, setup, tmp_path):
-    r = subprocess.run([sys.executable, "-c", "import torch_resnet; print(torch_resnet.__file__)"],
-                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed)})
-    assert r.stdout.startswith(str(installed)), r.stdout  # the installed copy, not the checkout
+    where = "import importlib.util; print(importlib.util.find_spec('torch_resnet').origin)"  # torch not imported
+    r = subprocess.run([sys.executable, "-c", where], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(installed)})
+    assert r.stdout.startswith(str(installed)), r.stdout  # what `import torch_resnet` takes: the installed copy
     r = command(installed, "--help", cwd=tmp_path)
     assert r.returncode == 0 and all(f"  {c} " in r.stdout for c in ("convert", "finetune", "evaluate", "report",
                                                                      "export", "demo")), r.stdout

@@ -15,7 +15,7 @@ from torch_resnet.data.cifar import CIFAR10, CIFAR100
 from torch_resnet.data.synthetic import write_cifar
 
 EVALUATE = "train/evaluate.py"
-N_TEST = {"cifar100": 200, "cifar10": 100}  # ~25 ms an image on a 2-core CPU
+N_TEST = {"cifar100": 100, "cifar10": 50}  # ~10 ms an image on a 2-core CPU
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIGURES, ROOT, assert_refused, call_script, finetune_args, run_script, train
+from conftest import FIGURES, ROOT, SMALL, assert_refused, call_script, finetune_args, run_script, train
 from torch_resnet import ResidualNetwork
 from torch_resnet.data.cifar import CIFAR10, load_cifar
 from torch_resnet.model import images_to_input
+from torch_resnet.data.synthetic import write_cifar
 
 FINETUNE = "train/finetune.py"
 
@@ -49,7 +50,7 @@ def test_run_outputs(freeze_run):
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     for e in metrics["epochs"]:
         assert set(e) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"}
-    assert metrics["peak_memory_bytes"] > 0 and metrics["train_images"] == 120 and metrics["val_images"] == 40
+    assert metrics["peak_memory_bytes"] > 0 and metrics["train_images"] == 48 and metrics["val_images"] == 16
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc") and len(csv_lines) == 3
@@ -62,7 +63,7 @@ def test_run_outputs(freeze_run):
 
 def test_freeze_step_needs_far_less_memory_than_full(freeze_run, full_run):
     freeze, full = freeze_run[0]["step_memory_bytes"], full_run[0]["step_memory_bytes"]
-    FIGURES.append(("step memory at batch 40 (CPU accounting)",
+    FIGURES.append((f"step memory at batch {SMALL['batch_size']} (CPU accounting)",
                     f"freeze {freeze / 2**20:.1f} MiB, full {full / 2**20:.1f} MiB, ratio {freeze / full:.3f}"))
     assert freeze < full / 4
 
@@ -72,18 +73,19 @@ def test_learns_learnable_classes(setup, tmp_path, augment):
     # The parity fixture's random BN statistics give features with a large common offset that a
     # few Adam steps cannot get past. A stand-in for a pretrained network: PyTorch's init with
     # BN statistics measured on the training images, as a trained network would have them.
-    root, _ = setup
+    data = tmp_path / "data"
+    write_cifar(data, CIFAR10, train_size=160, test_size=80, seed=5)
     torch.manual_seed(0)
     model = ResidualNetwork(100)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average over what it sees
     with torch.no_grad():
-        model.train()(images_to_input(load_cifar(root / "data", CIFAR10, "train").images))
+        model.train()(images_to_input(load_cifar(data, CIFAR10, "train").images))
     weights = tmp_path / "init.pt"
     torch.save(model.state_dict(), weights)
-    metrics, _, _ = train(setup, tmp_path / "run", weights=weights, freeze=True, epochs=4, batch_size=20, lr=0.03,
-                          augment=augment)
+    metrics, _, _ = train(setup, tmp_path / "run", weights=weights, data_dir=data, freeze=True, epochs=4,
+                          batch_size=20, val_size=40, lr=0.03, augment=augment)
     FIGURES.append((f"freeze regime on learnable synthetic CIFAR-10, augment={augment}",
                     f"test accuracy {metrics['test_accuracy']:.3f}"))
     assert metrics["test_accuracy"] >= 0.4  # chance is 0.1

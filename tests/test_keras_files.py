@@ -5,8 +5,6 @@ import json
 import marshal
 import shutil
 import struct
-import subprocess
-import sys
 import zipfile
 import zlib
 
@@ -16,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIGURES, ROOT, assert_refused, call_script, converted, ten_class_state
+from conftest import FIGURES, assert_refused, call_script, converted, ten_class_state
 from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.conversion.convert import convert_keras_file
 from torch_resnet.data.cifar import CIFAR10
@@ -162,9 +160,9 @@ def fine_tuned(src, dst, seed=0):
     return state
 
 
-def test_exports_load_into_keras_with_the_same_logits(keras_fixtures, files, tmp_path, capsys):
-    """Fine-tuned weights back into Keras, in one child process: into the author's own class (their
-    file's structure), into keras_model.build (weights that came from Keras 2) with load_weights,
+def test_exports_load_into_keras_with_the_same_logits(keras_process, keras_fixtures, files, tmp_path, capsys):
+    """Fine-tuned weights back into Keras, in the session's Keras process: into the author's own class
+    (their file's structure), into keras_model.build (weights that came from Keras 2) with load_weights,
     and a pickle in fresh Keras 3 names assigned by Variable.path."""
     convert_keras_file(files / "k3_custom.keras", tmp_path / "custom.safetensors")
     convert_keras_file(files / "k2_model.h5", tmp_path / "k2.pt")
@@ -183,9 +181,7 @@ def test_exports_load_into_keras_with_the_same_logits(keras_fixtures, files, tmp
         assert rc == 0 and naming in stdout, err
         models.append([kind, 10, str(tmp_path / out), str(tmp_path / f"{kind}.npy")])
     (tmp_path / "spec.json").write_text(json.dumps({"inputs": str(tmp_path / "x.npy"), "models": models}))
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "make_keras_files.py"), "load", tmp_path / "spec.json"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    keras_process.load(tmp_path / "spec.json")
     for kind, (state, *_) in cases.items():
         ours, keras = logits(state, images), np.load(tmp_path / f"{kind}.npy")
         d = np.abs(ours - keras).max()

@@ -29,11 +29,11 @@ def report(capsys, *args):
 def runs(tmp_path_factory):
     """A --freeze run and a full run started from it, by the trainer, on CIFAR-10-format data."""
     root = tmp_path_factory.mktemp("report")
-    write_cifar(root / "data", CIFAR10, train_size=120, test_size=60, seed=2)
+    write_cifar(root / "data", CIFAR10, train_size=40, test_size=30, seed=2)
     torch.manual_seed(0)
     weights = root / "weights.pt"
     torch.save(ResidualNetwork(100).state_dict(), weights)
-    common = dict(weights=str(weights), data_dir=str(root / "data"), epochs=2, batch_size=40, val_size=20,
+    common = dict(weights=str(weights), data_dir=str(root / "data"), epochs=2, batch_size=10, val_size=10,
                   device="cpu", download=False)
     run(TrainConfig(freeze=True, out=str(root / "freeze"), step_memory=True, **common))
     run(TrainConfig(out=str(root / "full"), init_from=str(root / "freeze" / "model.pt"), **common))
@@ -84,8 +84,8 @@ def test_the_trainer_records_what_the_report_needs(runs):
     for regime in ("freeze", "full"):
         m = metrics_of(runs / regime)
         confusion = torch.tensor(m["test_confusion"])
-        assert confusion.shape == (10, 10) and confusion.sum() == m["test_images"] == 60
-        assert m["test_accuracy"] == pytest.approx(confusion.trace().item() / 60, abs=1e-12)
+        assert confusion.shape == (10, 10) and confusion.sum() == m["test_images"] == 30
+        assert m["test_accuracy"] == pytest.approx(confusion.trace().item() / 30, abs=1e-12)
         assert 0 <= m["test_accuracy"] <= m["test_top5"] <= 1
         assert m["class_names"] == [f"synthetic_{i}" for i in range(10)] == list(m["test_per_class"])
         for i, name in enumerate(m["class_names"]):
@@ -117,7 +117,7 @@ def test_every_number_in_the_report_is_the_runs(runs, tmp_path, capsys):
         if m["step_memory_bytes"] is None:
             assert rows["step memory"][col] == "not measured (--step-memory)"
         train, val, test = (number(x) for x in rows["images train / val / test"][col].split("/"))
-        assert (train, val, test) == (m["train_images"], m["val_images"], m["test_images"]) == (100, 20, 60)
+        assert (train, val, test) == (m["train_images"], m["val_images"], m["test_images"]) == (30, 10, 30)
         for name, *cells in per_class:
             assert abs(number(cells[col]) - 100 * m["test_per_class"][name]) <= 0.005 + 1e-9, name
     assert [r[0] for r in per_class] == metrics_of(runs / "freeze")["class_names"]

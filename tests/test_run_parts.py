@@ -74,7 +74,7 @@ def test_torchrun_needs_its_variables_together(monkeypatch):
 
 def test_fewer_training_images_than_ranks_is_refused(setup, monkeypatch):
     monkeypatch.setattr(distributed.dist, "barrier", lambda: None)
-    cfg = TrainConfig(data_dir=str(setup[0] / "data"), val_size=159, download=False)  # leaves 1 image
+    cfg = TrainConfig(data_dir=str(setup[0] / "data"), val_size=63, download=False)  # leaves 1 of 64 images
     ctx = distributed.RunContext(torch.device("cpu"), rank=0, world=2)
     with pytest.raises(UserError, match="leaves 1 training images for 2 processes"):
         load_splits(cfg, ctx)

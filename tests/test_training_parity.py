@@ -1,9 +1,10 @@
 """Training parity with real Keras 3 (issue 9): gradients and optimizer steps, both regimes, fp32 CPU.
 
-Keras runs once, in a subprocess (tests/make_keras_training_fixtures.py): the 10-class reference
-model with a random non-trivial backbone and the head ``--recipe keras`` makes for SEED; the
-first step's loss and gradients; STEPS steps of a GradientTape loop with keras.optimizers.Adam on
-the batches the trainer takes (one full batch per epoch); Adam alone on given gradients.
+Keras runs once, in the session's Keras process (tests/make_keras_training_fixtures.py, on the
+inputs of ``write_inputs``): the 10-class reference model with a random non-trivial backbone and
+the head ``--recipe keras`` makes for SEED; the first step's loss and gradients; STEPS steps of
+a GradientTape loop with keras.optimizers.Adam on the batches the trainer takes (one full batch
+per epoch); Adam alone on given gradients.
 Criteria: loss to 1e-6 relative, every gradient to 1e-4 of its tensor's largest Keras gradient;
 after STEPS steps every trained tensor within 1 % of Keras' total update to it, per-step losses
 to 1e-5 relative, every other tensor bit-identical. The trap tests show the checks failing when
@@ -14,8 +15,6 @@ import importlib.util
 import io
 import json
 import pickle
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -40,9 +39,9 @@ LOSS_TOL, GRAD_TOL, STEP_TOL, STEP_LOSS_TOL = 1e-6, 1e-4, 1e-2, 1e-5
 REGIMES = ["freeze", "full"]
 
 
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training_parity")
+def write_inputs(root):
+    """What the Keras loop takes, written before the session's Keras process starts (conftest):
+    the data set, the batches in the trainer's order, the head ``--recipe keras`` makes for SEED."""
     write_cifar(root / "data", CIFAR10, train_size=N, test_size=16, seed=5)
     train_split = load_cifar(root / "data", CIFAR10, "train", download=False)
     calibration = load_cifar(root / "data", CIFAR10, "test", download=False)
@@ -59,15 +58,19 @@ def ref(tmp_path_factory):
     inputs = dict(seed=SEED, head_kernel=head.weight.detach().numpy().T.copy(), head_bias=head.bias.detach().numpy(),
                   images=np.stack([images[o] for o in orders]), labels=np.stack([labels[o] for o in orders]),
                   calibration_images=calibration.images.permute(0, 2, 3, 1).numpy(), lr=LR, snapshots=["freeze"],
-                  adam_start=adam_start, adam_grads=adam_grads, adam_lr=1e-3)
+                  adam_start=adam_start, adam_grads=adam_grads, adam_lr=1e-3, orders=orders)
     (root / "inputs.pkl").write_bytes(pickle.dumps(inputs, protocol=4))
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "make_keras_training_fixtures.py"), str(root)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    convert_pickle(root / "keras10.pkl", root / "weights.pt")
+
+
+@pytest.fixture(scope="module")
+def ref(keras_training, tmp_path_factory):
+    root = keras_training  # write_inputs' files, Keras' keras10.pkl and keras_training.pkl
+    weights = tmp_path_factory.mktemp("training_parity") / "weights.pt"
+    convert_pickle(root / "keras10.pkl", weights)
     start = pickle.loads((root / "keras10.pkl").read_bytes())
+    inputs = pickle.loads((root / "inputs.pkl").read_bytes())
     _, mapping = keras_to_state_dict(start)
-    return SimpleNamespace(root=root, weights=root / "weights.pt", start=start, inputs=inputs, orders=orders,
+    return SimpleNamespace(root=root, weights=weights, start=start, inputs=inputs, orders=inputs["orders"],
                            keras_name={t: k for k, t in mapping.pairs},
                            out=pickle.loads((root / "keras_training.pkl").read_bytes()))
 

@@ -26,26 +26,26 @@ FINETUNE = "train/finetune.py"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """Weights (PyTorch init, 100 classes) and 120 + 40 CIFAR-10-format images."""
+    """Weights (PyTorch init, 100 classes) and 60 + 20 CIFAR-10-format images."""
     root = tmp_path_factory.mktemp("path")
     torch.manual_seed(0)
     torch.save(ResidualNetwork(100).state_dict(), root / "weights.pt")
-    write_cifar(root / "data", CIFAR10, train_size=120, test_size=40, seed=4)
+    write_cifar(root / "data", CIFAR10, train_size=60, test_size=20, seed=4)
     return root
 
 
 def base_args(small, out):
     return ["--weights", small / "weights.pt", "--data-dir", small / "data", "--out", out, "--epochs", "2",
-            "--batch-size", "40", "--device", "cpu", "--no-download"]
+            "--batch-size", "20", "--device", "cpu", "--no-download"]
 
 
 def test_validation_is_a_tenth_by_default_and_a_count_still_works(small, tmp_path, capsys):
     rc, out, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "a"), "--epochs", "1")
     assert rc == 0, err
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert (m["train_images"], m["val_images"]) == (108, 12) and "108 train / 12 val / 40 test" in out
+    assert (m["train_images"], m["val_images"]) == (54, 6) and "54 train / 6 val / 20 test" in out
     assert TrainConfig(val_size=5000).val_count(50_000) == 5000 and TrainConfig().val_count(50_000) == 5000
-    for bad, needle in (("1.5", "--val-size must be a fraction below 1"), ("120", "a fraction such as 0.1"),
+    for bad, needle in (("1.5", "--val-size must be a fraction below 1"), ("60", "a fraction such as 0.1"),
                         ("-0.1", "--val-size must be a fraction below 1")):
         rc, _, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "b"), "--val-size", bad)
         assert_refused(rc, err, needle, nothing_in=tmp_path / "b")
