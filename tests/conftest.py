@@ -13,10 +13,16 @@ from torch_resnet.training import train as trainer
 from torch_resnet.training.config import TrainConfig
 from torch_resnet.conversion.convert import convert_pickle
 from torch_resnet.data.cifar import CIFAR10
-from torch_resnet.data.synthetic import write_cifar
+from torch_resnet.data.synthetic import write_cifar, write_stand_in_keras_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
+# Under pytest-xdist each worker takes its share of the cores, and so do the scripts it runs as
+# processes: a script then computes what the worker computes, bit for bit (resume after a kill).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -111,22 +117,59 @@ class KerasProcess:
         self.log.close()
 
 
-def needed(session, fixture):
-    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+def uses(item, *fixtures):
+    return any(f in getattr(item, "fixturenames", ()) for f in fixtures)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session, items):
-    """The modules that need no Keras run first, while the Keras process makes its files."""
-    with_keras = {item.module for item in items if "keras_process" in getattr(item, "fixturenames", ())}
-    items.sort(key=lambda item: getattr(item, "module", None) in with_keras)
+# The modules with tests that need the session's Keras process, and those with tests that read the
+# session's runs (checked at collection). With pytest-xdist (-n 2 --dist loadfile), each set is
+# one unit of work, on one worker: made once, not once per worker.
+KERAS_MODULES = {"test_api.py", "test_convert_errors.py", "test_evaluate.py", "test_export.py", "test_keras_files.py",
+                 "test_parity.py", "test_training_parity.py"}
+RUN_MODULES = {"test_distributed.py", "test_finetune.py", "test_run_record.py"}
+
+
+def module(item):
+    return Path(str(item.path)).name
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """In one process, the modules that need no Keras run first, while the Keras process makes
+    its files. On an xdist worker, the Keras modules come first, then the run modules: the worker
+    that gets the Keras ones starts Keras at once, the other the longest unit."""
+    unlisted = {module(item) for item in items if uses(item, "keras_process") and module(item) not in KERAS_MODULES
+                or uses(item, "freeze_run", "full_run") and module(item) not in RUN_MODULES}
+    if unlisted:
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(sorted(unlisted))} to KERAS_MODULES or RUN_MODULES")
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: (module(item) not in KERAS_MODULES, module(item) not in RUN_MODULES))
+    else:
+        items.sort(key=lambda item: module(item) in KERAS_MODULES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, in the collection's order, the Keras modules one unit, the run modules another."""
+    if config.option.dist != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixturesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::")[0]
+            name = Path(path).name
+            return "Keras modules" if name in KERAS_MODULES else "run modules" if name in RUN_MODULES else path
+
+    config.option.loadscopereorder = False
+    return SharedFixturesTogether(config, log)
 
 
 @pytest.fixture(scope="session")
 def keras_process(request, tmp_path_factory):
     """One TensorFlow start-up for the session; the training reference is made only when a test needs it."""
     folder = tmp_path_factory.mktemp("keras")
-    if needed(request.session, "keras_training"):
+    if any(uses(item, "keras_training") for item in request.session.items):
         from test_training_parity import write_inputs  # the inputs of the Keras training loop
         write_inputs(folder / "training")
     process = KerasProcess(folder)
@@ -136,9 +179,10 @@ def keras_process(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def start_keras_first(request):
-    """Keras starts with the session's first test (one that needs none of it: they run first), not
-    with the first test that waits for it."""
-    if needed(request.session, "keras_process"):
+    """In one process, Keras starts with the session's first test (one that needs none of it: they
+    run first), not with the first test that waits for it. Under xdist, the worker that gets the
+    Keras modules starts it with their first test (the other worker runs meanwhile)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(uses(item, "keras_process") for item in request.session.items):
         request.getfixturevalue("keras_process")
 
 
@@ -171,12 +215,14 @@ def ten_class_state(pt_path, seed=0):
 
 
 @pytest.fixture(scope="session")
-def setup(keras_fixtures, tmp_path_factory):
-    """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests."""
+def setup(tmp_path_factory):
+    """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests: the
+    demo's Keras-named pickle of the network (PyTorch's init, BatchNorm statistics of the data),
+    converted. No TensorFlow: these tests need not wait for Keras, nor run on its xdist worker."""
     root = tmp_path_factory.mktemp("finetune")
-    weights = converted(keras_fixtures, "keras3", root)
     write_cifar(root / "data", CIFAR10, train_size=64, test_size=32, seed=5)
-    return root, weights
+    convert_pickle(write_stand_in_keras_pickle(root / "data", root / "keras3.pkl"), root / "keras3.pt")
+    return root, root / "keras3.pt"
 
 
 # 48/16/32 train/val/test images, 3 steps an epoch; fp32 (bf16 would hide the DDP check's 1e-4 in its rounding)
@@ -211,6 +257,16 @@ def freeze_run(setup, tmp_path_factory):
 @pytest.fixture(scope="session")
 def full_run(setup, tmp_path_factory):
     return train(setup, tmp_path_factory.mktemp("full") / "run", freeze=False, step_memory=True)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: its figures go to the controller
+        session.config.workeroutput["figures"] = FIGURES
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FIGURES.extend(map(tuple, getattr(node, "workeroutput", {}).get("figures", [])))
 
 
 def pytest_terminal_summary(terminalreporter):

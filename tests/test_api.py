@@ -146,7 +146,7 @@ def test_to_keras_writes_what_the_export_script_writes(api_runs, tmp_path, capsy
     assert "sequential/dense/kernel" in fresh and fresh["sequential/dense/kernel"].shape == (256, 10)
 
 
-def test_errors_are_the_scripts(api_runs, setup, keras_fixtures, tmp_path, capsys):
+def test_errors_are_the_scripts(api_runs, setup, tmp_path, capsys):
     frozen, _ = api_runs
     _, weights = setup
     with pytest.raises(UserError, match=r"finetune\(\) has no option 'epoch'; its options: .*epochs"):
@@ -162,7 +162,7 @@ def test_errors_are_the_scripts(api_runs, setup, keras_fixtures, tmp_path, capsy
         tr.from_keras(weights, out="x.pt")
     assert_refused(rc, err, str(as_api.value))
     with pytest.raises(UserError, match="is a Keras pickle"):
-        tr.load(keras_fixtures / "keras3.pkl")
+        tr.load(setup[0] / "keras3.pkl")
 
 
 def test_finetune_prints_only_the_runs_first_line(setup, tiny, tmp_path, capsys):

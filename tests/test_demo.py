@@ -38,8 +38,8 @@ def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
     assert rc == 0, err
     again = json.loads((tmp_path / "demo" / "freeze" / "metrics.json").read_text())
     assert again["test_accuracy"] == before["test_accuracy"] and again["config"] == before["config"]
-    assert all(torch.equal(v, torch.load(tmp_path / "demo" / "freeze" / "model.pt", weights_only=True)[k])
-               for k, v in model.items())
+    rerun = torch.load(tmp_path / "demo" / "freeze" / "model.pt", weights_only=True)
+    assert model.keys() == rerun.keys() and all(torch.equal(v, rerun[k]) for k, v in model.items())
 
     # The next steps work on the demo's files as printed (one epoch each here, to keep it short).
     for command in next_steps[:2]:

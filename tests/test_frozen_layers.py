@@ -82,7 +82,7 @@ def test_compiled_frozen_backbone_changes_nothing_but_rounding(setup, tmp_path, 
     against --compile off on the same run: the same head within fp32 rounding."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's /tmp
     monkeypatch.setitem(performance.FROZEN_BACKBONE_RATES, (performance.cpu_kind(), None), (10.0, 20.0, 0.1))
-    small = dict(freeze=True, epochs=1, batch_size=16, val_size=8)  # 152 train images: a last batch of 8, eager
+    small = dict(freeze=True, epochs=1, batch_size=16, val_size=8)  # 56 train images: a last batch of 8, eager
     compiled, _, compiled_model = train(setup, tmp_path / "auto", **small)
     first_line = capsys.readouterr().out.splitlines()[0]
     assert "frozen backbone compiled with inductor freezing in" in first_line and "+100% measured" in first_line

@@ -1,17 +1,20 @@
 """train/report.py: real runs of both regimes compared side by side; every number in the report
 is the one in the runs' metrics.json, the figures are written, bad folders are one-line errors."""
 import base64
+import contextlib
+import io
 import json
 import os
 import pickle
 import re
+import runpy
 import shutil
 import struct
 
 import pytest
 import torch
 
-from conftest import assert_refused, call_script
+from conftest import ROOT, assert_refused, call_script
 from torch_resnet import ResidualNetwork
 from torch_resnet.training.config import TrainConfig
 from torch_resnet.data.cifar import CIFAR10
@@ -38,6 +41,16 @@ def runs(tmp_path_factory):
     run(TrainConfig(freeze=True, out=str(root / "freeze"), step_memory=True, **common))
     run(TrainConfig(out=str(root / "full"), init_from=str(root / "freeze" / "model.pt"), **common))
     return root
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+    """train/report.py on both runs, once, for the tests that read what it wrote: (rc, stdout, stderr, folder)."""
+    out = tmp_path_factory.mktemp("written") / "rep"
+    with contextlib.redirect_stdout(io.StringIO()) as o, contextlib.redirect_stderr(io.StringIO()) as e:
+        rc = runpy.run_path(str(ROOT / "train/report.py"))["main"]([str(runs / r) for r in ("freeze", "full")]
+                                                                 + ["-o", str(out)])
+    return rc, o.getvalue(), e.getvalue(), out
 
 
 def metrics_of(folder):
@@ -95,11 +108,11 @@ def test_the_trainer_records_what_the_report_needs(runs):
     assert metrics_of(runs / "full")["learning_rates"] == {"backbone": 1e-5, "head": 1e-5}  # head from --init-from
 
 
-def test_every_number_in_the_report_is_the_runs(runs, tmp_path, capsys):
+def test_every_number_in_the_report_is_the_runs(runs, written):
     folders = [str(runs / "freeze"), str(runs / "full")]
-    rc, out, err = report(capsys, *folders, "-o", tmp_path / "rep")
-    assert rc == 0 and str(tmp_path / "rep" / "report.md") in out, err
-    md = (tmp_path / "rep" / "report.md").read_text()
+    rc, out, err, rep = written
+    assert rc == 0 and str(rep / "report.md") in out, err
+    md = (rep / "report.md").read_text()
     summary, per_class = tables(md)
     rows = {r[0]: r[1:] for r in summary}
     assert all(len(cells) == 2 for cells in rows.values())
@@ -133,9 +146,9 @@ def png_size(data: bytes):
     return struct.unpack(">II", data[16:24])
 
 
-def test_figures_are_written_and_inline_in_the_html(runs, tmp_path, capsys):
-    assert report(capsys, runs / "freeze", runs / "full", "-o", tmp_path / "rep")[0] == 0
-    out = tmp_path / "rep"
+def test_figures_are_written_and_inline_in_the_html(written):
+    rc, _, err, out = written
+    assert rc == 0, err
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     inline = [base64.b64decode(s) for s in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
     assert inline == [(out / f).read_bytes() for f in FIGURE_FILES]  # the same figures, in the page itself
@@ -213,16 +226,15 @@ def suptitle(fig) -> str:
     return fig._suptitle.get_text() if fig._suptitle else ""
 
 
-def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, tmp_path, capsys, monkeypatch):
+def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, written, tmp_path, capsys, monkeypatch):
     from torch_resnet.training import outputs
     from torch_resnet.data.cifar import load_cifar
     from torch_resnet.reporting.report import FIGURES, blocks, load_runs, to_markdown
 
     assert load_cifar(runs / "data", CIFAR10, "test").stand_in  # synthetic.write_cifar marks its batches.meta
     assert all(metrics_of(runs / r)["stand_in_data"] is True for r in ("freeze", "full"))
-    assert report(capsys, runs / "freeze", runs / "full", "-o", tmp_path / "rep")[0] == 0
-    md = (tmp_path / "rep" / "report.md").read_text()
-    assert md.startswith("# Fine-tuning report on stand-in data: ") and "not on CIFAR-10" in md
+    md = (written[3] / "report.md").read_text()
+    assert written[0] == 0 and md.startswith("# Fine-tuning report on stand-in data: ") and "not on CIFAR-10" in md
     assert {r[0]: r[1:] for r in tables(md)[0]}["data"] == ["stand-in (synthetic)"] * 2
     for file, (_, make) in FIGURES.items():
         assert "Stand-in data" in suptitle(make(load_runs([runs / "freeze", runs / "full"]))), file

@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, assert_refused, call_script, finetune_args, stop_in_epoch, train
+from conftest import ROOT, assert_refused, call_script, finetune_args, stop_in_epoch, train
 from torch_resnet.data.cifar import CIFAR10
+from torch_resnet.data.synthetic import write_cifar
 
 FINETUNE = "train/finetune.py"
 
@@ -195,11 +196,14 @@ def test_duplicate_class_names_are_refused(setup, tmp_path, capsys):
 
 
 def test_one_test_figure_from_the_trainer_and_from_evaluate(setup, tmp_path, capsys):
-    # trained (frozen backbone, features cached once) and validated in bf16; tested in fp32
-    metrics, _, _ = train(setup, tmp_path / "bf16", freeze=True, augment=False, amp="bf16", epochs=1)
+    # trained (frozen backbone, features cached once) and validated in bf16 (emulated on most CPUs:
+    # few images); tested in fp32
+    write_cifar(tmp_path / "data", CIFAR10, train_size=16, test_size=16, seed=6)
+    metrics, _, _ = train(setup, tmp_path / "bf16", data_dir=tmp_path / "data", freeze=True, augment=False,
+                          amp="bf16", epochs=1, batch_size=8, val_size=4)
     assert metrics["precision"] == {"train": "bfloat16", "validation": "bfloat16", "test": "float32"}
     rc, _, err = call_script(capsys, "train/evaluate.py", "--weights", tmp_path / "bf16" / "model.pt", "--data-dir",
-                             setup[0] / "data", "--device", "cpu", "--no-download", "--batch-size", SMALL["batch_size"],
+                             tmp_path / "data", "--device", "cpu", "--no-download", "--batch-size", 8,
                              "--out", tmp_path / "ev")
     assert rc == 0, err
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
