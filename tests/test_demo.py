@@ -20,7 +20,7 @@ def printed_commands(stdout: str) -> list[list[str]]:
 
 def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
     rc, out, err = call_script(capsys, "train/demo.py", "--epochs-freeze", "1", "--epochs-full", "1",
-                               "--stand-in-images", "40")
+                               "--stand-in-images", "20")
     assert rc == 0, err
     report = tmp_path / "demo" / "report" / "report.md"
     assert f"{report.relative_to(tmp_path)} and {report.with_suffix('.html').relative_to(tmp_path)}" in out
@@ -56,5 +56,5 @@ def test_demo_runs_what_it_prints_and_its_next_steps_work(tmp_path, capsys):
     rc, _, err = call_script(capsys, *next_steps[5])  # the resume hint, on a finished run: refused, unchanged
     assert rc == 2 and "holds a finished run" in err
     metrics = json.loads((tmp_path / "runs" / "freeze" / "metrics.json").read_text())
-    assert metrics["val_images"] == 4 and metrics["train_images"] == 36  # the default tenth held out
+    assert metrics["val_images"] == 2 and metrics["train_images"] == 18  # the default tenth held out
     assert metrics["learning_rates"]["head"] == 1e-3  # the trainer's default, as the README says
