@@ -22,6 +22,7 @@ never shares a process with PyTorch, nobody runs in another's warmed-up process)
 Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -249,7 +250,7 @@ def main(argv=None):
     if args.json and Path(args.json).is_dir():  # found out now, not after the measurements
         raise UserError(f"--json {args.json} is a folder")
     peers = args.peer if args.peer is not None else (["baseline"] if device.type == "cuda" else ["keras"])
-    if "keras" in peers and subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode:
+    if "keras" in peers and importlib.util.find_spec("tensorflow") is None:  # found, not imported: seconds
         raise UserError("--peer keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
     images = args.images or (50000 if device.type == "cuda" else 512)
     results = {"machine": machine(device), "device": str(device), "batch_size": args.batch_size, "images": images,

@@ -7,19 +7,16 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-from torch_resnet.training import train as trainer
-from torch_resnet.training.config import TrainConfig
-from torch_resnet.conversion.convert import convert_pickle
-from torch_resnet.data.cifar import CIFAR10
-from torch_resnet.data.synthetic import write_cifar, write_stand_in_keras_pickle
-
+# torch and the project are imported where used: the xdist controller, which runs no test, loads
+# this file too and would pay seconds for them while both cores wait for it.
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
 # Under pytest-xdist each worker takes its share of the cores, and so do the scripts it runs as
 # processes: a script then computes what the worker computes, bit for bit (resume after a kill).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    import torch
+
     THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
@@ -49,16 +46,18 @@ def call_script(capsys, script, *args):
     return rc, captured.out, captured.err
 
 
-REAL_ONE_EPOCH = trainer.train_one_epoch
-
-
 def stop_in_epoch(monkeypatch, stop_at):
     """Ctrl-C in the middle of epoch ``stop_at`` (0-based) of an in-process run."""
+    from torch_resnet.training import train as trainer
+
+    real = getattr(trainer.train_one_epoch, "real", trainer.train_one_epoch)  # not an earlier stop's
+
     def one_epoch(stepper, batches, epoch, **kw):
         if epoch == stop_at:
             raise KeyboardInterrupt
-        return REAL_ONE_EPOCH(stepper, batches, epoch, **kw)
+        return real(stepper, batches, epoch, **kw)
 
+    one_epoch.real = real
     monkeypatch.setattr(trainer, "train_one_epoch", one_epoch)
 
 
@@ -202,12 +201,16 @@ def keras_training(keras_process):
 
 def converted(keras_fixtures, scheme, folder):
     """The fixture pickle ``scheme`` converted into ``folder``; returns the state dict's path."""
+    from torch_resnet.conversion.convert import convert_pickle
+
     convert_pickle(keras_fixtures / f"{scheme}.pkl", folder / f"{scheme}.pt")
     return folder / f"{scheme}.pt"
 
 
 def ten_class_state(pt_path, seed=0):
     """A converted 100-class state dict with a seeded random 10-class head (as fine-tuning makes)."""
+    import torch
+
     state = torch.load(pt_path, weights_only=True)
     torch.manual_seed(seed)
     head = torch.nn.Linear(256, 10)
@@ -219,6 +222,10 @@ def setup(tmp_path_factory):
     """Converted weights and a small CIFAR-10-format data set, for the fine-tuning tests: the
     demo's Keras-named pickle of the network (PyTorch's init, BatchNorm statistics of the data),
     converted. No TensorFlow: these tests need not wait for Keras, nor run on its xdist worker."""
+    from torch_resnet.conversion.convert import convert_pickle
+    from torch_resnet.data.cifar import CIFAR10
+    from torch_resnet.data.synthetic import write_cifar, write_stand_in_keras_pickle
+
     root = tmp_path_factory.mktemp("finetune")
     write_cifar(root / "data", CIFAR10, train_size=64, test_size=32, seed=5)
     convert_pickle(write_stand_in_keras_pickle(root / "data", root / "keras3.pkl"), root / "keras3.pt")
@@ -232,6 +239,10 @@ SMALL = dict(epochs=2, batch_size=16, val_size=16, seed=3, device="cpu", amp="of
 def train(setup, out, **kw):
     """A fine-tuning run on the small data set (or ``data_dir``), in process: (metrics, weights
     before, weights after)."""
+    import torch
+    from torch_resnet.training import train as trainer
+    from torch_resnet.training.config import TrainConfig
+
     root, weights = setup
     cfg = TrainConfig(weights=str(kw.pop("weights", weights)), data_dir=str(kw.pop("data_dir", root / "data")),
                       out=str(out), **{**SMALL, **kw})
