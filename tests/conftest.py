@@ -3,6 +3,7 @@ import queue
 import runpy
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -22,11 +23,25 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
+TEMP = ".tmp"  # a test's stand-in for the system's temporary folder, inside its tmp_path
+
+
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch):
     """Every test runs in its own empty folder: default paths (runs/, weights/, data/) land there,
-    never in the repository or a user's own files."""
+    never in the repository or a user's own files. So do temporary files, in tmp_path/.tmp: the
+    tests' own (tempfile) and, through TMPDIR, those of every process a test starts."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / TEMP).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / TEMP))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / TEMP))
+
+
+def left_in(folder):
+    """Every path under ``folder`` (relative, sorted) but the empty temporary folder of a test: a
+    temporary file left behind counts."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p != folder / TEMP)
 
 
 def run_script(script, *args, timeout=600, env=None):

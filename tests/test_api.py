@@ -7,7 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 import torch_resnet as tr
-from conftest import assert_refused, call_script
+from conftest import assert_refused, call_script, left_in
 from torch_resnet import UserError
 from torch_resnet.data.cifar import CIFAR10
 from torch_resnet.formats.files import names_sidecar
@@ -50,7 +50,7 @@ def api_runs(setup, tiny):
 
 def test_from_keras_gives_keras_logits(keras_fixtures, tmp_path):
     model = tr.from_keras(keras_fixtures / "keras3_seed_numbering.pkl")
-    assert not list(tmp_path.iterdir())  # nothing written without out=
+    assert left_in(tmp_path) == []  # nothing written without out=, no temporary file left
     ref = np.load(keras_fixtures / "keras3_seed_numbering.npz")
     with torch.no_grad():
         logits = model(tr.images_to_input(torch.from_numpy(ref["images"]))).numpy()
@@ -119,7 +119,7 @@ def test_evaluate_a_run_its_network_or_its_file(api_runs, tiny, tmp_path):
 def test_report_inline_and_in_files(api_runs, tmp_path):
     frozen, full = api_runs
     shown = tr.report([frozen, full])
-    assert not list(tmp_path.iterdir())  # nothing written without out=
+    assert left_in(tmp_path) == []  # nothing written without out=, no temporary file left
     page = shown._repr_html_()
     assert page.count("data:image/png;base64,") == 3
     assert "<body" not in page and "<html" not in page and "body{" not in page  # the notebook keeps its style

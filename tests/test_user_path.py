@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_refused, call_script, stop_in_epoch
+from conftest import ROOT, assert_refused, call_script, left_in, stop_in_epoch
 from torch_resnet import ResidualNetwork
 from torch_resnet.training import train as trainer
 from torch_resnet.training.config import TrainConfig
@@ -129,7 +129,7 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FailingDownload)
     with pytest.raises(UserError, match="download failed: connection reset"):
         find_or_download(tmp_path / "new" / "data", CIFAR10)
-    assert list(tmp_path.iterdir()) == []  # not even new/
+    assert left_in(tmp_path) == []  # not even new/
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's")
     with pytest.raises(UserError, match="download failed"):
