@@ -3,13 +3,16 @@
 the frozen backbone (inference, channels_last, the trainer's allocator setting) eager and compiled
 by inductor with freezing, and the seconds the compilation takes with an empty cache.
 
-    python bench/frozen_backbone.py [--amp auto] [--batch-size 256] [--batches 4]
+    python bench/frozen_backbone.py [--amp auto] [--batch-size 256] [--batches 4] [--rounds 3]
 
+The two are timed in alternating rounds and each rate is the median of its rounds: on a small
+shared machine one pass of each differs by 10 % from the next, as much as the gain measured.
 Prints the rates and the table entry; a CPU kind not yet in the table is worth adding (with the
 machine named in the comment above it), since the trainer compiles only where a row says it pays.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +41,8 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="training precision, as train/finetune.py's")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    p.add_argument("--batches", type=int, default=4, help="timed batches of each")
+    p.add_argument("--batches", type=int, default=4, help="timed batches of each, per round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of eager and compiled")
     args = p.parse_args(argv)
     keep_freed_memory()
     dtype = amp_dtype(args.amp, torch.device("cpu"))
@@ -47,7 +51,6 @@ def main(argv=None):
     freeze_batchnorm(model.backbone)
     backbone = model.backbone.to(memory_format=torch.channels_last).eval()
     x = (torch.rand(args.batch_size, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    eager = rate(backbone, x, args.batches, dtype)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # an empty cache: what a first run pays
         compiled = torch.compile(backbone, options={"freezing": True})
@@ -55,7 +58,10 @@ def main(argv=None):
         with torch.no_grad(), autocast("cpu", dtype):
             compiled(x)
         compile_s = time.perf_counter() - t0
-        fast = rate(compiled, x, args.batches, dtype)
+        rounds = [(rate(backbone, x, args.batches, dtype), rate(compiled, x, args.batches, dtype))
+                  for _ in range(args.rounds)]
+    eager, fast = (statistics.median(r) for r in zip(*rounds))
+    print("rounds (eager, compiled img/s): " + ", ".join(f"({e:,.0f}, {c:,.0f})" for e, c in rounds))
     threads = torch.get_num_threads()
     print(f"{cpu_kind()} CPU, {threads} threads, {dtype or 'fp32'}, batch {args.batch_size}, torch {torch.__version__}: "
           f"eager {eager:,.0f} img/s, compiled with freezing {fast:,.0f} img/s ({fast / eager:.2f}x), "
