@@ -11,7 +11,7 @@ from conftest import train
 from torch_resnet import ResidualNetwork
 from torch_resnet.model import ResidualBlock
 from torch_resnet.training import performance
-from torch_resnet.training.frozen_backbone import frozen_backbone
+from torch_resnet.training.frozen_backbone import compile_with_freezing, frozen_backbone
 from torch_resnet.training.regimes import FoldedResidualBlock, freeze_batchnorm
 
 CPU = torch.device("cpu")
@@ -94,6 +94,19 @@ def test_compiled_frozen_backbone_changes_nothing_but_rounding(setup, tmp_path, 
         assert (compiled_model[key] - eager_model[key]).abs().max() <= 1e-4 * eager_model[key].abs().max(), key
     assert abs(compiled["epochs"][0]["val_loss"] - eager["epochs"][0]["val_loss"]) <= 1e-4
     assert compiled["test_accuracy"] == eager["test_accuracy"]  # the test pass is fp32 eager in both
+
+
+def test_freezing_makes_the_weights_constants(tmp_path, monkeypatch):
+    """Freezing is what folds BatchNorm and fuses SiLU: the compiled graph must hold the weights as
+    constants, not read them (it does not, when freezing is passed only in torch.compile's options)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.SiLU()).eval()
+    x = torch.rand(2, 3, 8, 8)
+    compiled, first = compile_with_freezing(small, x, None)
+    with torch.no_grad():
+        small[0].weight.mul_(2)  # a frozen graph does not see it
+        assert torch.equal(compiled(x), first) and not torch.allclose(small(x), first)
 
 
 def test_a_failed_compilation_leaves_the_backbone_eager(tmp_path, monkeypatch):

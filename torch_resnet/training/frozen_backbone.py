@@ -46,6 +46,18 @@ class FrozenBackbone:
         return self.module(x)
 
 
+def compile_with_freezing(module: nn.Module, x: torch.Tensor, dtype: torch.dtype | None):
+    """``module`` (in eval mode) compiled by inductor with freezing, now, on ``x``: (the compiled
+    module, its output for ``x``). Freezing is on while dynamo traces that first call, which is when
+    the weights are made constants; passed only in ``torch.compile``'s options, it comes too late
+    and the weights stay graph inputs (nothing folded). The weights must not change afterwards."""
+    import torch._inductor.config as inductor_config  # here: only a compiling run pays for importing it
+
+    compiled = torch.compile(module)
+    with inductor_config.patch(freezing=True), torch.no_grad(), autocast(x.device.type, dtype):
+        return compiled, compiled(x)
+
+
 def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.device, dtype: torch.dtype | None,
                     batch: int, images: int, channels_last: bool = True) -> FrozenBackbone:
     """The freeze regime's backbone for a run that puts ``images`` images through it in batches of
@@ -66,16 +78,17 @@ def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.d
     x = torch.rand(batch, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(0)) * 2 - 1
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU machine
-    level, quiet.level = quiet.level, logging.ERROR
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # setLevel, not .level: it also clears the logger's cache of what passes
     try:
-        compiled = torch.compile(module, options={"freezing": True})
+        compiled, got = compile_with_freezing(module, x, dtype)
         with torch.no_grad(), autocast(device.type, dtype):
-            want, got = module(x).float(), compiled(x).float()
+            want, got = module(x).float(), got.float()
     except Exception as e:  # no C++ compiler, an inductor bug: the eager backbone does the same job
         reason = " ".join(f"{type(e).__name__}: {e}".split()).split(" Set TORCHDYNAMO_VERBOSE")[0][:200]
         return FrozenBackbone(module, note=f"frozen backbone eager (torch.compile failed: {reason})")
     finally:
-        quiet.level = level
+        quiet.setLevel(level)
     error = ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
     if not error <= TOLERANCE[dtype]:  # also NaN
         return FrozenBackbone(module, note=f"frozen backbone eager (compiled features differ by {error:.1e})")

@@ -210,10 +210,11 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
     dtype = amp_dtype(cfg.amp, device)
     backbone = None
-    if cfg.freeze:  # compiled where that pays over the images this run still puts through it
-        epochs_left = cfg.epochs - (int(ckpt["epoch"]) + 1 if cfg.resume else 0)
-        train_passes = epochs_left if cfg.augment else 1  # without augmentation: features computed once
-        images = (train_passes * len(train.labels) + epochs_left * n_val) // ctx.world
+    if cfg.freeze:  # compiled where that pays over the images the whole run puts through it on a rank
+        # (the whole run, not what a resume has left: a resumed run goes on with the backbone it began
+        # with); without augmentation, every rank computes the whole split's features once
+        train_images = cfg.epochs * len(train.labels) // ctx.world if cfg.augment else len(train.labels)
+        images = train_images + cfg.epochs * n_val // ctx.world
         backbone = frozen_backbone(model.backbone, cfg.compile, device, dtype, per_rank, images, channels_last)
     cache_seconds = None  # computing the frozen backbone's features once is counted in the first epoch
     if cfg.freeze and not cfg.augment:
