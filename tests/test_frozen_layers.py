@@ -109,6 +109,26 @@ def test_freezing_makes_the_weights_constants(tmp_path, monkeypatch):
         assert torch.equal(compiled(x), first) and not torch.allclose(small(x), first)
 
 
+class ConvBatchNormSiLU(torch.nn.Module):  # a function of its own: dynamo counts compilations per function
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return F.silu(self.bn(self.conv(x)))
+
+
+def test_past_dynamos_recompile_limit_the_backbone_is_eager_and_says_so(tmp_path, monkeypatch):
+    """A notebook making many runs in one process: past dynamo's limit it would run the function
+    eagerly by itself, while the run said compiled."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setitem(performance.FROZEN_BACKBONE_RATES, (performance.cpu_kind(), None), (10.0, 20.0, 0.1))
+    with torch._dynamo.config.patch(recompile_limit=1):  # (monkeypatch's undo would delete the entry)
+        first, second = [frozen_backbone(ConvBatchNormSiLU(), None, CPU, None, batch=2, images=10**6) for _ in range(2)]
+    assert first.compiled is not None and "compiled with inductor freezing" in first.note
+    assert second.compiled is None and "dynamo's limit of 1 compilations of one function is reached" in second.note
+
+
 def test_a_failed_compilation_leaves_the_backbone_eager(tmp_path, monkeypatch):
     """No working C++ compiler (as on many Windows machines): the run goes on, eager, and says why."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

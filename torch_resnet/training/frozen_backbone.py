@@ -21,6 +21,8 @@ from .performance import autocast, compile_frozen_backbone
 # How far the compiled backbone's features may be from the eager ones, relative to their largest
 # magnitude: fp32 rounding (folding reorders the sums), or bf16's 8 bits of mantissa.
 TOLERANCE = {None: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+QUIET = ("torch.utils.cpp_extension",  # "No CUDA runtime is found", on every CPU machine
+         "torch._dynamo.convert_frame")  # the recompile limit's 12 lines: the note says it in one
 
 
 class FrozenBackbone:
@@ -50,11 +52,15 @@ def compile_with_freezing(module: nn.Module, x: torch.Tensor, dtype: torch.dtype
     """``module`` (in eval mode) compiled by inductor with freezing, now, on ``x``: (the compiled
     module, its output for ``x``). Freezing is on while dynamo traces that first call, which is when
     the weights are made constants; passed only in ``torch.compile``'s options, it comes too late
-    and the weights stay graph inputs (nothing folded). The weights must not change afterwards."""
-    import torch._inductor.config as inductor_config  # here: only a compiling run pays for importing it
+    and the weights stay graph inputs (nothing folded). The weights must not change afterwards.
+    Raises where dynamo would instead run it eagerly (after 8 compilations in one process, as a
+    notebook making many runs reaches), so that the caller does not take it for compiled."""
+    import torch._dynamo.config as dynamo_config  # here: only a compiling run pays for importing them
+    import torch._inductor.config as inductor_config
 
     compiled = torch.compile(module)
-    with inductor_config.patch(freezing=True), torch.no_grad(), autocast(x.device.type, dtype):
+    with inductor_config.patch(freezing=True), dynamo_config.patch(fail_on_recompile_limit_hit=True), \
+            torch.no_grad(), autocast(x.device.type, dtype):
         return compiled, compiled(x)
 
 
@@ -77,18 +83,22 @@ def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.d
     t0 = time.perf_counter()
     x = torch.rand(batch, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(0)) * 2 - 1
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU machine
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # setLevel, not .level: it also clears the logger's cache of what passes
+    quiet = {name: logging.getLogger(name).level for name in QUIET}
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)  # setLevel, not .level: it clears the logger's cache
     try:
         compiled, got = compile_with_freezing(module, x, dtype)
         with torch.no_grad(), autocast(device.type, dtype):
             want, got = module(x).float(), got.float()
     except Exception as e:  # no C++ compiler, an inductor bug: the eager backbone does the same job
         reason = " ".join(f"{type(e).__name__}: {e}".split()).split(" Set TORCHDYNAMO_VERBOSE")[0][:200]
+        if type(e).__name__ == "FailOnRecompileLimitHit":
+            limit = torch._dynamo.config.recompile_limit
+            reason = f"dynamo's limit of {limit} compilations of one function is reached in this process"
         return FrozenBackbone(module, note=f"frozen backbone eager (torch.compile failed: {reason})")
     finally:
-        quiet.setLevel(level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
     error = ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
     if not error <= TOLERANCE[dtype]:  # also NaN
         return FrozenBackbone(module, note=f"frozen backbone eager (compiled features differ by {error:.1e})")
