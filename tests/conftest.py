@@ -52,11 +52,16 @@ def run_script(script, *args, timeout=600, env=None):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def script_main(script, *args):
+    """A script's main() in this process, on ``args``: its exit status (the output is the caller's)."""
+    return runpy.run_path(str(ROOT / script))["main"]([str(a) for a in args])
+
+
 def call_script(capsys, script, *args):
     """A script's main() in this process: (exit status, stdout, stderr). @cli does the error
     handling, so this sees what a user would; run_script checks the real process once per script."""
     capsys.readouterr()  # what came before is not this call's
-    rc = runpy.run_path(str(ROOT / script))["main"]([str(a) for a in args])
+    rc = script_main(script, *args)
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 

@@ -96,12 +96,17 @@ def test_compiled_frozen_backbone_changes_nothing_but_rounding(setup, tmp_path, 
     assert compiled["test_accuracy"] == eager["test_accuracy"]  # the test pass is fp32 eager in both
 
 
+def conv_bn_silu():
+    """A graph of the backbone's kind in miniature: it compiles in a second where the network takes 30."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.SiLU())
+
+
 def test_freezing_makes_the_weights_constants(tmp_path, monkeypatch):
     """Freezing is what folds BatchNorm and fuses SiLU: the compiled graph must hold the weights as
     constants, not read them (it does not, when freezing is passed only in torch.compile's options)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch.manual_seed(0)
-    small = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.SiLU()).eval()
+    small = conv_bn_silu().eval()
     x = torch.rand(2, 3, 8, 8)
     compiled, first = compile_with_freezing(small, x, None)
     with torch.no_grad():
@@ -136,7 +141,7 @@ def test_a_failed_compilation_leaves_the_backbone_eager(tmp_path, monkeypatch):
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
     # what fails is the C++ compilation, not the graph: a small conv-BN-SiLU graph fails the same
     # way in a second, where the network's would take ten
-    small = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.SiLU())
+    small = conv_bn_silu()
     backbone = frozen_backbone(small, None, CPU, None, batch=2, images=10**6)
     assert backbone.compiled is None and "frozen backbone eager (torch.compile failed:" in backbone.note
     assert "C++ compiler" in backbone.note

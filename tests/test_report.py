@@ -7,14 +7,13 @@ import json
 import os
 import pickle
 import re
-import runpy
 import shutil
 import struct
 
 import pytest
 import torch
 
-from conftest import ROOT, assert_refused, call_script
+from conftest import assert_refused, call_script, script_main
 from torch_resnet import ResidualNetwork
 from torch_resnet.training.config import TrainConfig
 from torch_resnet.data.cifar import CIFAR10
@@ -48,8 +47,7 @@ def written(runs, tmp_path_factory):
     """train/report.py on both runs, once, for the tests that read what it wrote: (rc, stdout, stderr, folder)."""
     out = tmp_path_factory.mktemp("written") / "rep"
     with contextlib.redirect_stdout(io.StringIO()) as o, contextlib.redirect_stderr(io.StringIO()) as e:
-        rc = runpy.run_path(str(ROOT / "train/report.py"))["main"]([str(runs / r) for r in ("freeze", "full")]
-                                                                 + ["-o", str(out)])
+        rc = script_main("train/report.py", runs / "freeze", runs / "full", "-o", out)
     return rc, o.getvalue(), e.getvalue(), out
 
 
