@@ -39,8 +39,8 @@ def main(out_dir):
     x = images.astype(np.float32) / 127.5 - 1.0
     for i, (name, (style, warm, first, raw, model_name)) in enumerate(SCHEMES.items()):
         km.keras.backend.clear_session()
-        if warm:  # a model built earlier in the same session shifts every layer number
-            km.build(shortcut_first=first, shortcut_from_raw=raw)
+        if warm:  # a model made earlier in the same session shifts every layer number (Keras numbers
+            km.build(shortcut_first=first, shortcut_from_raw=raw, built=False)  # layers when made, not built)
         model = km.build(shortcut_first=first, shortcut_from_raw=raw, name=model_name)
         km.randomize(model, seed=10 + i)
         features_model = km.keras.Model(model.inputs[0], model.layers[-2].output)

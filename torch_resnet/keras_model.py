@@ -42,9 +42,10 @@ class ResidualBlock(Model):
         return y + s
 
 
-def build(num_classes=100, shortcut_first=False, shortcut_from_raw=False, name=None) -> keras.Sequential:
+def build(num_classes=100, shortcut_first=False, shortcut_from_raw=False, name=None, built=True) -> keras.Sequential:
+    """The network in Keras; ``built=False``: its layers made (named, numbered) but not built."""
     model = keras.Sequential(
-        [keras.Input((32, 32, 3)), layers.Conv2D(16, 3, padding="same", use_bias=False)]
+        [keras.Input((32, 32, 3))] * built + [layers.Conv2D(16, 3, padding="same", use_bias=False)]
         + [ResidualBlock(i, o, (s, s), shortcut_first, shortcut_from_raw) for i, o, s in BLOCKS]
         + [layers.BatchNormalization(), layers.Activation("silu"), layers.GlobalAveragePooling2D(),
            layers.Dense(num_classes)],
