@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
-from ..model import BLOCKS, FEATURES
+from ..architecture import BLOCKS, FEATURES
 
 SILU = ("silu", "swish")
 STEM = {"filters": BLOCKS[0][0], "kernel_size": [3, 3], "strides": [1, 1]}

@@ -9,35 +9,15 @@ read as data into one dict of Keras-named arrays for ``keras_map``.
 """
 from __future__ import annotations
 
-import io
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from ..errors import UserError
-from .keras_config import check_config
-from .keras_h5 import Reader, is_keras2, read_keras2, read_keras3
+from .keras_containers import HDF5_MAGIC, NEEDS_NO_CONVERSION, NOT_KERAS, ZIP_MAGIC, KerasFile, read_h5, read_zip
 from .safe_pickle import load_array_dict
 from .safetensors_io import is_safetensors
-
-HDF5_MAGIC, ZIP_MAGIC = b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"
-MAX_WEIGHTS_ENTRY = 100 * 2**20  # a .keras's model.weights.h5, optimizer state included (52 MB with Adam)
-MAX_CONFIG_ENTRY = 2**20
-NOT_KERAS = "not a Keras pickle, .keras or .h5"
-NEEDS_NO_CONVERSION = ("it needs no conversion; train/finetune.py --weights and train/evaluate.py --weights take it "
-                       "(convert/pt_to_keras_pickle.py turns it back into Keras weights)")
-
-
-@dataclass
-class KerasFile:
-    kind: str  # what the file is, in words
-    arrays: dict[str, np.ndarray]  # Keras name -> array, what keras_map reads
-    h5_paths: dict[str, str] = field(default_factory=dict)  # Keras 3 files: each array's dataset
-    h5_groups: list[str] = field(default_factory=list)  # and every group, to write the file back
-    num_classes: int | None = None  # where the file's model description gives it
 
 
 def sniff(path) -> str:
@@ -54,9 +34,9 @@ def sniff(path) -> str:
 def read_keras_file(path) -> KerasFile:
     kind = sniff(path)
     if kind == "hdf5":
-        return _guarded(path, lambda: _read_h5(h5py.File(path, "r", locking=False), str(path)))
+        return _guarded(path, lambda: read_h5(h5py.File(path, "r", locking=False), str(path)))
     if kind == "zip":
-        return _guarded(path, lambda: _read_zip(path))
+        return _guarded(path, lambda: read_zip(path))
     if kind == "safetensors":
         raise UserError(f"{path} is a safetensors state dict (PyTorch), {NOT_KERAS}: {NEEDS_NO_CONVERSION}")
     return KerasFile("Keras pickle", load_array_dict(path))
@@ -72,56 +52,6 @@ def _guarded(path, read):
             zipfile.BadZipFile) as e:
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(f"{path}: not a readable Keras file, truncated or damaged ({type(e).__name__}: {first})") from None
-
-
-def _read_h5(f: h5py.File, where: str, kind: str | None = None, num_classes: int | None = None) -> KerasFile:
-    with f:
-        reader = Reader(f, where)
-        if is_keras2(f):
-            config = reader.text("model_config")
-            classes = check_config(config, f"{where} (model_config)") if config is not None else None
-            result = KerasFile("Keras 2 .h5", read_keras2(reader), num_classes=classes)
-        else:
-            arrays, paths, groups = read_keras3(reader)
-            result = KerasFile(kind or "Keras 3 .weights.h5", arrays, paths, groups, num_classes)
-    if not result.arrays:
-        raise UserError(f"{where}: no Keras weights in this HDF5 file")
-    return result
-
-
-def _read_zip(path) -> KerasFile:
-    with zipfile.ZipFile(path) as z:
-        names = set(z.namelist())
-        if any(n.endswith("data.pkl") for n in names):
-            raise UserError(f"{path} is a PyTorch file (torch.save), {NOT_KERAS}: {NEEDS_NO_CONVERSION}")
-        if not {"config.json", "model.weights.h5"} <= names:
-            raise UserError(f"{path}: a zip archive without config.json and model.weights.h5: not a Keras 3 .keras "
-                            f"file (nor a PyTorch file)")
-        limits = {"config.json": MAX_CONFIG_ENTRY, "model.weights.h5": MAX_WEIGHTS_ENTRY}
-        for name, limit in limits.items():  # both sizes as declared, before anything is inflated
-            _check_size(z, name, z.getinfo(name).file_size, limit)
-        classes = check_config(_entry(z, "config.json", MAX_CONFIG_ENTRY).decode("utf8", "replace"),
-                               f"{path} (config.json)")
-        weights = _entry(z, "model.weights.h5", MAX_WEIGHTS_ENTRY)
-    if weights[:8] != HDF5_MAGIC:
-        raise UserError(f"{path}: its model.weights.h5 is not an HDF5 file")
-    return _read_h5(h5py.File(io.BytesIO(weights), "r"), f"{path} (model.weights.h5)", "Keras 3 .keras", classes)
-
-
-def _entry(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    """One member of the archive, refused before and while it is inflated if it exceeds ``limit``."""
-    out = bytearray()
-    with z.open(name) as f:
-        while chunk := f.read(2**20):
-            out += chunk
-            _check_size(z, name, len(out), limit)  # zipfile stops at the declared size; this is a second guard
-    return bytes(out)
-
-
-def _check_size(z: zipfile.ZipFile, name: str, size: int, limit: int) -> None:
-    if size > limit:
-        raise UserError(f"{z.filename}: {name} would inflate to {size / 2**20:.0f} MB, more than this network's "
-                        f"weights can need ({limit >> 20} MB); not read")
 
 
 def keras_kind(path) -> str | None:
