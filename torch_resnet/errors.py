@@ -26,6 +26,13 @@ class UserError(Exception):
         return [super().__str__(), *self.more]
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """The first line of a library's message, cut to ``limit`` characters: what reaches the user
+    is one line (HDF5, zipfile and pickle messages can run over several)."""
+    line = (text.strip().splitlines() or [""])[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def check_count(option: str, value) -> None:
     """The one check of a count option (--epochs, --batch-size, ...): a whole number, at least 1."""
     if value < 1:
@@ -126,10 +133,10 @@ def cli(main):
         try:
             return main(argv, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
         except OSError as e:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+            print(f"error: {first_line(str(e.strerror or e))}{where}", file=sys.stderr)
         except KeyboardInterrupt as e:  # a KeyboardInterrupt("...") says how to go on
             what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
             print(f"error: {what}{f'; {e}' if str(e) else ''}", file=sys.stderr)

@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from ..errors import Problems, UserError
+from ..errors import Problems, UserError, first_line
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -61,7 +61,7 @@ def safe_load(path, encoding: str = "ASCII"):
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all: every parser error means the same
-        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {first_line(str(e))})") from None
 
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first thing pickled by torch.save's pre-1.6 format
