@@ -90,7 +90,7 @@ def make_seeds(folder: Path, keras_files: Path | None) -> list[tuple[str, Path]]
     convert_keras_file(course, folder / "course.pt")
     convert_keras_file(course, folder / "course.safetensors")
     state = torch.load(folder / "course.pt", weights_only=True)
-    torch.save({k: v[tuple(slice(0, 2) for _ in v.shape)] for k, v in state.items()}, folder / "tiny.pt")
+    torch.save({k: v[tuple(slice(0, 2) for _ in v.shape)].clone() for k, v in state.items()}, folder / "tiny.pt")
     train.main(TrainConfig(weights=str(folder / "course.pt"), data_dir=str(folder / "data"), out=str(folder / "run"),
                            freeze=True, epochs=1, batch_size=8, val_size=8, seed=0, device="cpu", amp="off", download=False))
     seeds = [("cifar", root / "data_batch_1"), ("convert", course), ("convert", folder / "tiny.pkl"),

@@ -144,7 +144,7 @@ def uses(item, *fixtures):
 # session's runs (checked at collection). With pytest-xdist (-n 2 --dist loadfile), each set is
 # one unit of work, on one worker: made once, not once per worker.
 KERAS_MODULES = {"test_api.py", "test_convert_errors.py", "test_evaluate.py", "test_export.py", "test_keras_files.py",
-                 "test_parity.py", "test_training_parity.py"}
+                 "test_parity.py", "test_training_parity.py", "test_untrusted_files.py"}
 RUN_MODULES = {"test_distributed.py", "test_finetune.py", "test_run_record.py"}
 
 
