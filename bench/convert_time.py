@@ -5,7 +5,6 @@ runs it: the whole command, one process per conversion, the two alternating, med
     git worktree add /tmp/before <commit>
     python bench/convert_time.py --other /tmp/before FILE... [--rounds 5]
 """
-import argparse
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "convert/keras_pickle_to_pt.py"
+sys.path.insert(0, str(ROOT))
+from torch_resnet.errors import ArgumentParser  # noqa: E402
 
 
 def seconds(checkout: Path, src: Path, out: Path) -> float:
@@ -25,12 +26,12 @@ def seconds(checkout: Path, src: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="+", type=Path)
+def main(argv=None) -> None:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", type=Path, help="the files to convert (each timed in both checkouts)")
     p.add_argument("--other", type=Path, required=True, help="the other checkout (its convert script is timed)")
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per file; the median is shown")
+    args = p.parse_args(argv)
     print(f"| file | MB | {args.other.name} s | this s | this/{args.other.name} |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for src in args.files:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from torch_resnet.errors import ArgumentParser  # noqa: E402
+
 FAILURES = ("traceback", "crash", "hang", "multi-line")
 OUTCOMES = ("converted", "refused", *FAILURES)
 INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff",
@@ -301,12 +303,11 @@ def table(counts: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cases", type=int, default=1000)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", type=int, default=1000, help="how many mutated files to try")
     p.add_argument("--first", type=int, default=0, help="the first case's number (to go on from a campaign)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="the random seed: the same seed, the same cases")
+    p.add_argument("--workers", type=int, default=2, help="cases run side by side (one per core)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a case may take before it counts as a hang")
     p.add_argument("--keras-files", type=Path, help="Keras files to use as seeds (default: made by Keras now)")
     p.add_argument("--keep", type=Path, default=Path("fuzz-findings"), help="where failing cases are copied")

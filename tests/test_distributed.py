@@ -22,12 +22,19 @@ def test_two_ranks_match_one_process(setup, full_run, tmp_path):
     assert m2["world_size"] == 2 and m2["train_images"] == m1["train_images"]
     diff = max((single[k].float() - ddp[k].float()).abs().max().item() for k in single)
     start = torch.load(weights, weights_only=True)
-    changed = max((single[k].float() - start[k].float()).abs().max().item()
-                  for k in single if k.startswith("backbone.") and k.endswith("conv1.weight"))
-    FIGURES.append(("DDP 2 ranks vs 1 process (full regime, 2 epochs)", f"max |dweight| {diff:.1e} (training "
-                                                                        f"moved them up to {changed:.1e})"))
+    convs = [k for k in single if k.startswith("backbone.") and k.endswith(".weight") and single[k].dim() == 4]
+
+    def norm(a, b):  # over every convolution of the backbone, as one vector
+        return sum(((a[k].float() - b[k].float()) ** 2).sum() for k in convs).sqrt().item()
+
+    # Adam moves every weight by about lr per step whatever its gradient's size, so where a gradient is
+    # near 0 a different summation order (2 ranks) can flip its sign: elementwise, one weight may differ
+    # by a good part of its step (7.8e-06 of 3.5e-05 on an AMX CPU). As vectors the runs agree closely.
+    apart, moved = norm(single, ddp), norm(single, start)
+    FIGURES.append(("DDP 2 ranks vs 1 process (full regime, 2 epochs)", f"max |dweight| {diff:.1e}; backbone "
+                    f"convolutions {apart / moved:.1e} apart of how far training moved them ({moved:.1e})"))
     assert diff < 1e-4
-    assert changed > 10 * diff  # the runs really trained: the agreement is not trivial
+    assert apart < 0.01 * moved  # the runs really trained, and the same way
     assert abs(m1["test_loss"] - m2["test_loss"]) < 1e-4 and m1["test_accuracy"] == m2["test_accuracy"]
     for a, b in zip(m1["epochs"], m2["epochs"]):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and a["val_acc"] == b["val_acc"]

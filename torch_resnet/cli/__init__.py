@@ -3,7 +3,10 @@ its script in ``convert/`` and ``train/`` (the scripts call the same ``main``)."
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 
 from .. import errors
@@ -41,12 +44,38 @@ def main(argv=None) -> int:
         return 0
     if argv[0] not in WHAT:
         return cli(refuse_unknown)(argv[:1])
-    module = importlib.import_module(f".{argv[0]}", __name__)
     errors.RUNNING_AS = PROGRAM  # the commands the run prints name torch-resnet, not a script
     try:
-        return module.main(argv[1:], prog=f"{PROGRAM} {argv[0]}")
+        return run(argv[0], argv[1:], prog=f"{PROGRAM} {argv[0]}")
     finally:
         errors.RUNNING_AS = None
+
+
+def run(command: str, argv=None, **kwargs) -> int:
+    """Import a command's module (torch: seconds) and run its main; Ctrl-C while it imports is
+    exit 130 and one line, as at any later moment, not a traceback from inside torch."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_interrupted) if in_main_thread else None
+    try:
+        module = importlib.import_module(f".{command}", __name__)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return module.main(argv, **kwargs)
+
+
+def exit_interrupted(signum, frame):
+    """Ctrl-C while importing: nothing is written yet, so stop at once. (A KeyboardInterrupt can land
+    in one of importlib's callbacks, where Python prints it as "Exception ignored" and goes on.)"""
+    os.write(2, b"error: interrupted\n")
+    os._exit(130)
+
+
+def script(command: str):
+    """The ``main`` of a thin script in convert/ or train/: nothing heavy imported before it runs."""
+    def main(argv=None) -> int:
+        return run(command, argv)
+    return main
 
 
 def refuse_unknown(argv) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -49,6 +50,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _check_structure(data: bytes) -> None:
+    """Walk the opcodes in pure Python before the C unpickler sees them.
+
+    Two kinds of damage make ``_pickle`` itself misbehave (both found by bench/fuzz.py): a length
+    far beyond the file (``BYTEARRAY8`` of 2**62 bytes: MemoryError plus a SystemError printed on
+    stderr) and a memo index in the billions (``LONG_BINPUT 1058830150``: the memo table is grown
+    to gigabytes, minutes of swapping). ``genops`` checks every length against the bytes left;
+    a writer numbers its memo 0, 1, 2..., so an index above the opcodes read so far is damage.
+    """
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(data)):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > count:
+                raise ValueError(f"memo index {arg} at opcode {count}")
+    except (ValueError, OverflowError) as e:  # genops' words: "expected N bytes ... but only M remain"
+        raise UserError(f"not a readable pickle, truncated or damaged ({first_line(str(e))})") from None
+
+
 def safe_load(path, encoding: str = "ASCII"):
     """Unpickle ``path`` allowing only numpy arrays, dicts, lists and plain values.
 
@@ -57,11 +75,13 @@ def safe_load(path, encoding: str = "ASCII"):
     with open(path, "rb") as f:
         data = f.read()
     try:
+        _check_structure(data)
         return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all: every parser error means the same
-        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {first_line(str(e))})") from None
+        detail = first_line(str(e))
+        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}{': ' * bool(detail)}{detail})") from None
 
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first thing pickled by torch.save's pre-1.6 format
