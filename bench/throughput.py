@@ -47,7 +47,8 @@ from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes  #
 from torch_resnet.training.performance import amp_dtype, autocast, describe, keep_freed_memory  # noqa: E402
 from torch_resnet.training.regimes import optimizer_for, prepare_model, trainable_parameters  # noqa: E402
 from torch_resnet.data.synthetic import write_cifar  # noqa: E402
-from torch_resnet.training.train import Stepper, train_one_epoch  # noqa: E402
+from torch_resnet.training.stepper import Stepper  # noqa: E402
+from torch_resnet.training.train import train_one_epoch  # noqa: E402
 from torch_resnet.training.frozen_backbone import frozen_backbone  # noqa: E402
 
 REGIMES = ("freeze", "full", "infer")

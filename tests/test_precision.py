@@ -12,7 +12,7 @@ from torch_resnet.training.config import TrainConfig
 from torch_resnet.model import ResidualNetwork
 from torch_resnet.training.performance import amp_dtype, cpu_has_native_bf16, describe, keep_freed_memory
 from torch_resnet.training.regimes import optimizer_for, prepare_model
-from torch_resnet.training.train import Stepper
+from torch_resnet.training.stepper import Stepper
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,8 @@ from torch_resnet.formats.files import load_model
 from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes
 from torch_resnet.training.outputs import curves_figure, write_png
 from torch_resnet.training.regimes import optimizer_for, prepare_model
-from torch_resnet.training.train import Stepper, load_splits
+from torch_resnet.training.stepper import Stepper
+from torch_resnet.training.train import load_splits
 
 
 def test_step_memory_measurement_leaves_no_trace(setup):

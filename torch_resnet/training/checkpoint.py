@@ -24,7 +24,7 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir",
 
 def save_checkpoint(path: Path, stepper, *, epoch: int, history: list, cfg: TrainConfig,
                     keras_names: str | None, replaces_earlier_run: bool = False) -> None:
-    """Everything ``load_checkpoint`` needs to continue ``stepper`` (a ``train.Stepper``) after
+    """Everything ``load_checkpoint`` needs to continue ``stepper`` (a ``stepper.Stepper``) after
     ``epoch``, without the weights file it started from (``keras_names``: that file's Keras names).
     ``replaces_earlier_run``: the first checkpoint of an --overwrite run (``clear_earlier_run``)."""
     ckpt = {"model": stepper.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),

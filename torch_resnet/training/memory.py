@@ -21,7 +21,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 
 
 def step_memory_bytes(stepper, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Memory of one training step of ``stepper`` (a ``train.Stepper``) on the batch ``x, y``.
+    """Memory of one training step of ``stepper`` (a ``stepper.Stepper``) on the batch ``x, y``.
 
     CUDA: the allocator's peak during the step (everything resident: data set, weights,
     activations, gradients, optimizer state, workspaces). CPU, which keeps no allocator
