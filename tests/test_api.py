@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from safetensors.torch import load_file
 
 import torch_resnet as tr
 from conftest import assert_refused, call_script, left_in
 from torch_resnet import UserError
 from torch_resnet.data.cifar import CIFAR10
-from torch_resnet.formats.files import names_sidecar
+from torch_resnet.formats.keras_names import names_sidecar
 from torch_resnet.formats.safe_pickle import load_array_dict
 from torch_resnet.data.synthetic import write_cifar
 
@@ -81,6 +82,38 @@ def test_save_and_load_keep_the_keras_names(setup):
     assert same_state(torch.load("copy.pt", weights_only=True), torch.load(weights, weights_only=True))
     tr.save(tr.ResidualNetwork(10), "copy.pt")  # a network of no Keras file: the earlier names go
     assert not names_sidecar("copy.pt").exists() and tr.load("copy.pt").num_classes == 10
+
+
+def test_the_keras_names_travel_with_the_network_in_every_format(keras_fixtures):
+    """.safetensors (metadata) and .pt (sidecar), written by from_keras or save, read by load: the
+    way back gives the source pickle's names and arrays, bit for bit."""
+    pkl = keras_fixtures / "keras3_seed_numbering.pkl"
+    source = load_array_dict(pkl)
+    model = tr.from_keras(pkl, out="conv.safetensors")
+    assert not names_sidecar("conv.safetensors").exists()
+    copies = [Path("conv.safetensors"), tr.save(tr.load("conv.safetensors"), "copy.safetensors"),
+              tr.save(model, "copy.pt")]
+    for path in copies:
+        back = load_array_dict(tr.to_keras(tr.load(path), "back.pkl"))
+        assert list(back) == list(source) and all(np.array_equal(back[k], source[k]) for k in source), path
+    assert same_state(load_file("copy.safetensors"), model.state_dict())  # a real safetensors file
+    assert tr.load("copy.safetensors").keras_names.record()["source"] == str(pkl)
+
+
+def test_the_api_makes_no_temporary_folder(api_runs, tiny, keras_fixtures, monkeypatch):
+    """Conversion, evaluation, the report and the export work on the network in memory."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a temporary folder was made")
+
+    _, full = api_runs
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    model = tr.from_keras(keras_fixtures / "keras3_seed_numbering.pkl")
+    assert tr.evaluate(full.model, data_dir=tiny / "data", device="cpu", download=False)["weights"] is None
+    assert tr.report(full).markdown.startswith("#")
+    tr.to_keras(model, "m.weights.h5")
+    assert left_in(Path()) == ["m.weights.h5"]
 
 
 def test_finetune_gives_the_scripts_weights_in_both_regimes(api_runs, tiny, setup, tmp_path, capsys):

@@ -19,7 +19,8 @@ from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.conversion.convert import convert_keras_file
 from torch_resnet.data.cifar import CIFAR10
 from torch_resnet.errors import UserError
-from torch_resnet.formats.files import keras_names_text, load_model, names_sidecar
+from torch_resnet.formats.files import load_model
+from torch_resnet.formats.keras_names import names_sidecar, read_names
 from torch_resnet.data.synthetic import write_cifar
 
 CONVERTER, EXPORTER = "convert/keras_pickle_to_pt.py", "convert/pt_to_keras_pickle.py"
@@ -69,9 +70,10 @@ def test_safetensors_output_loads_and_keeps_the_names(files, tmp_path, capsys):
     rc, _, err = call_script(capsys, CONVERTER, files / "k3_custom.keras", "-o", out)
     assert rc == 0 and not names_sidecar(out).exists(), err
     check_parity(load_file(out), files, "k3_custom", ".keras -> .safetensors (safetensors.torch.load_file)")
-    names = json.loads(keras_names_text(out))  # in the metadata, where --weights and the trainer find them
+    names = json.loads(read_names(out).text)  # in the metadata, where --weights and the trainer find them
     assert names["format"] == "Keras 3 .keras" and len(names["keras3_h5"]["tensors"]) == 100
     assert torch.equal(load_model(out).head.weight, load_file(out)["head.weight"])  # what --weights reads
+    assert load_model(out).keras_names.record() == names
 
 
 def test_evaluate_takes_safetensors(files, tmp_path, capsys):
@@ -152,7 +154,7 @@ def fine_tuned(src, dst, seed=0):
     head = torch.nn.Linear(256, 10)
     state.update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
     if dst.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, dst, metadata={"keras_names": keras_names_text(src)})
+        save_file({k: v.contiguous() for k, v in state.items()}, dst, metadata={"keras_names": read_names(src).text})
     else:
         torch.save(state, dst)
         if names_sidecar(src).exists():

@@ -238,7 +238,7 @@ def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, writ
         assert "Stand-in data" in suptitle(make(load_runs([runs / "freeze", runs / "full"]))), file
     figures = {}  # a run's own curves.png, as the trainer writes it
     monkeypatch.setattr(outputs, "write_png", lambda path, fig, dpi=100: figures.setdefault(path.name, fig))
-    outputs.write_run(tmp_path / "run", ResidualNetwork(10), metrics_of(runs / "freeze"), None)
+    outputs.write_run(tmp_path / "run", ResidualNetwork(10), metrics_of(runs / "freeze"))
     assert "Stand-in data" in suptitle(figures["curves.png"])
 
     # The real data set has no marker; a metrics.json of an older run has no key: both still reported.

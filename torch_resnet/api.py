@@ -17,10 +17,8 @@ import copy
 import dataclasses
 import html
 import os
-import tempfile
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
 from .conversion import convert
@@ -29,12 +27,13 @@ from .reporting import report as reporting
 from .training import train
 from .training.config import TrainConfig
 from .errors import UserError
-from .formats.files import atomic_write, load_model, names_sidecar
+from .formats.files import load_model, save_model
+from .formats.keras_names import names_sidecar
+from .formats.keras_files import read_keras_file
 from .model import ResidualNetwork
 from .training.outputs import curves_figure
 
 PathLike = str | os.PathLike
-KERAS_NAMES = "keras_names"  # attribute of a model that came from Keras: its names file, for the way back
 
 
 def from_keras(path: PathLike, *, out: PathLike | None = None, shortcut_from_raw: bool = False) -> ResidualNetwork:
@@ -45,8 +44,9 @@ def from_keras(path: PathLike, *, out: PathLike | None = None, shortcut_from_raw
     path : str or Path
         The Keras weights file, e.g. the course's pickle of Keras-named numpy arrays.
     out : str or Path, optional
-        Also keep the converted state dict here (a ``.pt``, with its Keras names file), as the
-        converter writes it. By default nothing is written.
+        Also keep the converted state dict here (a ``.pt`` with its Keras names file, or a
+        ``.safetensors`` with them in its metadata), as the converter writes it. By default
+        nothing is written.
     shortcut_from_raw : bool
         The network's 1x1 shortcut reads the raw block input, not the pre-activated one.
 
@@ -56,41 +56,27 @@ def from_keras(path: PathLike, *, out: PathLike | None = None, shortcut_from_raw
         On the CPU, in eval mode, with as many classes as the file's Dense layer. It remembers the
         Keras names, so that ``to_keras`` writes them back.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        dst = Path(out) if out is not None else Path(tmp) / "converted.pt"
-        convert.convert_pickle(path, dst, shortcut_from_raw)
-        return load(dst, shortcut_from_raw=shortcut_from_raw)
+    model, _ = convert.keras_to_model(read_keras_file(path), path, shortcut_from_raw)
+    if out is not None:
+        save_model(model, out)
+    return model.eval()
 
 
 def load(path: PathLike, *, shortcut_from_raw: bool = False) -> ResidualNetwork:
     """A ``ResidualNetwork`` from a state dict this project wrote (converter, ``save``, a run's
-    ``model.pt``), every tensor checked, on the CPU, in eval mode; no code in the file runs."""
-    model = load_model(path, shortcut_from_raw).eval()
-    sidecar = names_sidecar(path)
-    if sidecar.is_file():  # checked by to_keras, where it is used
-        setattr(model, KERAS_NAMES, sidecar.read_text())
-    return model
+    ``model.pt``; ``.pt`` or ``.safetensors``), every tensor checked, on the CPU, in eval mode, with
+    the Keras names kept with the file; no code in the file runs."""
+    return load_model(path, shortcut_from_raw).eval()
 
 
 def save(model: ResidualNetwork, path: PathLike) -> Path:
-    """Write ``model``'s state dict to ``path`` (a ``.pt`` that ``load``, ``--weights`` and
-    ``torch.load(weights_only=True)`` read), with its Keras names file when it came from Keras.
-    Written atomically: an earlier file at ``path`` is replaced whole or not at all."""
+    """Write ``model``'s state dict to ``path``: a ``.safetensors`` file for that suffix, else a ``.pt``
+    (what ``load``, ``--weights`` and ``torch.load(weights_only=True)`` read), with its Keras names
+    when it came from Keras. Written atomically: an earlier file is replaced whole or not at all."""
     if not isinstance(model, ResidualNetwork):
         raise UserError(f"save() takes a ResidualNetwork, got {type(model).__name__}")
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    names = getattr(model, KERAS_NAMES, None)
-
-    def write(tmp):  # the names file inside the weights' write: a failure leaves neither
-        torch.save(state, tmp)
-        if names is not None:
-            atomic_write(names_sidecar(path), lambda tmp2: Path(tmp2).write_text(names))
-        else:
-            names_sidecar(path).unlink(missing_ok=True)  # an earlier file's names are not this model's
-
-    atomic_write(path, write)
-    return path
+    save_model(model, path)
+    return Path(path)
 
 
 @dataclasses.dataclass(repr=False)
@@ -164,13 +150,12 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     return Run(cfg.out_dir, metrics, load(cfg.out_dir / "model.pt"))
 
 
-def weights_file(model_or_path, tmp: str) -> Path:
-    """A state dict's path for a network, a Run or a path (a network is saved into ``tmp``)."""
-    if isinstance(model_or_path, Run):
-        return model_or_path.folder / "model.pt"
+def network(model_or_path: ResidualNetwork | PathLike | Run) -> tuple[ResidualNetwork, str | None]:
+    """(the network, the file it was read from or None) for a network, a Run or a path."""
     if isinstance(model_or_path, ResidualNetwork):
-        return save(model_or_path, Path(tmp) / "model.pt")
-    return Path(model_or_path)
+        return model_or_path, None
+    path = model_or_path.folder / "model.pt" if isinstance(model_or_path, Run) else Path(model_or_path)
+    return load_model(path), str(path)
 
 
 def evaluate(model_or_path: ResidualNetwork | PathLike | Run, *, data_dir: PathLike = "data",
@@ -199,13 +184,17 @@ def evaluate(model_or_path: ResidualNetwork | PathLike | Run, *, data_dir: PathL
     Returns
     -------
     dict
-        What ``eval.json`` holds: ``top1``, ``top5``, ``loss``, ``per_class``, ... (``weights``
-        names a temporary copy when a network object was given).
+        What ``eval.json`` holds: ``top1``, ``top5``, ``loss``, ``per_class``, ... (``weights``:
+        the file evaluated, None for a network object).
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        return evaluation.evaluate(weights_file(model_or_path, tmp), dataset=dataset, data_dir=data_dir, out=out,
-                                   batch_size=batch_size, device=device, keras_pickle=keras,
-                                   shortcut_from_raw=shortcut_from_raw, download=download, amp=amp)
+    evaluation.check_options(batch_size, out)
+    if isinstance(model_or_path, ResidualNetwork) or shortcut_from_raw is False:
+        model, source = network(model_or_path)
+    else:  # the file's network, with the other shortcut
+        model, source = load_model(Path(model_or_path), shortcut_from_raw), str(model_or_path)
+    return evaluation.evaluate_model(model, source, dataset=dataset, data_dir=data_dir, out=out, batch_size=batch_size,
+                                     device=device, keras_pickle=keras, shortcut_from_raw=shortcut_from_raw,
+                                     download=download, amp=amp)
 
 
 @dataclasses.dataclass(repr=False)
@@ -252,16 +241,22 @@ def report(runs_or_folders, *, out: PathLike | None = None) -> Report:
     if isinstance(runs_or_folders, (Run, str, os.PathLike)):
         runs_or_folders = [runs_or_folders]
     folders = [str(r.folder if isinstance(r, Run) else os.fspath(r)) for r in runs_or_folders]
-    with tempfile.TemporaryDirectory() as tmp:
-        md = reporting.write_report(folders, out if out is not None else tmp)
-        return Report(md.with_suffix(".html").read_text(encoding="utf-8"), md.read_text(encoding="utf-8"),
-                      reporting.load_runs(folders), Path(out) if out is not None else None)
+    if out is not None:
+        reporting.write_report(folders, out)
+    runs = reporting.load_runs(folders)
+    markdown, page, _ = reporting.render_report(runs)
+    return Report(page, markdown, runs, Path(out) if out is not None else None)
 
 
 def to_keras(model_or_path: ResidualNetwork | PathLike | Run, path: PathLike, *, keras3_names: bool = False) -> Path:
     """Write the network as a pickle of Keras-named numpy arrays (what ``convert/pt_to_keras_pickle.py``
     does), in the names of the Keras file it came from when they are known, else in fresh Keras 3
-    names (``keras3_names=True`` always). Returns ``path``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        convert.export_keras_pickle(weights_file(model_or_path, tmp), path, use_source_names=not keras3_names)
+    names (``keras3_names=True`` always); a name ending in ``.weights.h5`` is a Keras 3 weights file.
+    Returns ``path``."""
+    h5 = convert.check_keras_output(path)
+    model, source = network(model_or_path)
+    if source is not None and Path(path).resolve() in (Path(source).resolve(), names_sidecar(source).resolve()):
+        raise UserError(f"to_keras(): {path} is the input state dict or its names file; choose another path")
+    arrays, groups, _ = convert.model_to_keras(model, h5, use_source_names=not keras3_names)
+    convert.write_keras_arrays(path, arrays, groups)
     return Path(path)

@@ -90,12 +90,15 @@ class ResidualNetwork(nn.Module):
     """The course network. Input: float NCHW scaled to [-1, 1]. Output: logits.
 
     ``backbone`` maps images to 256-d pooled features; ``head`` is the final Linear (Keras Dense).
+    ``keras_names``: for a network converted from Keras, the names its tensors had there
+    (``formats.keras_names.KerasNames``), for the way back; every file format we write keeps them.
     """
 
     def __init__(self, num_classes: int = 100, shortcut_from_raw: bool = False):
         super().__init__()
         self.backbone = Backbone(shortcut_from_raw)
         self.head = nn.Linear(FEATURES, num_classes)
+        self.keras_names = None
 
     @property
     def num_classes(self) -> int:

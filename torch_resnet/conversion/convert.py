@@ -2,17 +2,17 @@
 ``.safetensors``), with checks, a report of what went where, and the names for the way back."""
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..formats import safetensors_io
 from ..errors import Problems, UserError
-from ..formats.files import atomic_write, load_model, names_sidecar, save_torch
+from ..formats.files import atomic_write, load_model, save_model
+from ..formats.keras_containers import KerasFile
 from ..formats.keras_files import read_keras_file
+from ..formats.keras_names import NAMES_HINT, KerasNames, names_sidecar
 from ..formats.keras_h5 import write_keras3
 from .keras_map import (TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, keras3_h5_layout,
                         map_keras_names, relayout)
@@ -34,13 +34,20 @@ def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
 
 
 def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False):
-    """Map and check a dict of Keras-named arrays; returns (state dict, Mapping). Every problem
-    is reported: first the shapes (a huge tensor is refused before it is scanned), then values."""
+    """Map and check a dict of Keras-named arrays; returns (state dict, Mapping)."""
+    model, mapping = network_of(arrays, shortcut_from_raw)
+    return model.state_dict(), mapping
+
+
+def network_of(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False) -> tuple[ResidualNetwork, Mapping]:
+    """The network holding a dict of Keras-named arrays, mapped and checked, and the Mapping. Every
+    problem is reported: first the shapes (a huge tensor is refused before it is scanned), then values."""
     mapping = map_keras_names(arrays)
     if mapping.num_classes < 1:
         raise UserError("the Dense layer has no outputs (0 classes)")
     # The one model of the conversion: its state dict shares its tensors, the values go straight in.
-    state = ResidualNetwork(mapping.num_classes, shortcut_from_raw).state_dict()
+    model = ResidualNetwork(mapping.num_classes, shortcut_from_raw)
+    state = model.state_dict()
     filled = {t for _, t in mapping.pairs}
     missing = [k for k in state if k not in filled and not k.endswith("num_batches_tracked")]
     if missing:  # cannot happen when map_keras_names succeeded; kept as a guard on the mapping
@@ -58,7 +65,7 @@ def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool =
                 raise UserError(f"tensor {key!r} is a BatchNorm moving variance with negative values")
             state[tkey].copy_(torch.from_numpy(value))
     problems.check()
-    return state, mapping
+    return model, mapping
 
 
 def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
@@ -71,58 +78,35 @@ def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
     return "\n".join(f"{k}  ->  {t}" for k, t in layers.items())
 
 
-def convert_keras_file(src, dst, shortcut_from_raw: bool = False):
-    """Convert the Keras weights in ``src`` (a pickle, ``.keras``, ``.weights.h5`` or Keras 2 ``.h5``,
-    told apart by content) into a state dict at ``dst``: a safetensors file when ``dst`` ends in
-    ``.safetensors`` (the Keras names in its metadata), else ``torch.save``'s format and the names
-    in ``dst.keras_names.json``. Returns (Keras-named arrays, Mapping)."""
-    keras = read_keras_file(src)  # first: a .pt given here is named as such, whatever the output path
-    dst = Path(dst)
-    if Path(src).resolve() in (dst.resolve(), names_sidecar(dst).resolve()):
-        raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
-    state, mapping = keras_to_state_dict(keras.arrays, shortcut_from_raw)
+def keras_to_model(keras: KerasFile, source, shortcut_from_raw: bool = False) -> tuple[ResidualNetwork, Mapping]:
+    """The network of a Keras file read by ``read_keras_file`` (``source``: its path, for messages),
+    carrying the Keras names of its tensors for the way back; and the Mapping (the report)."""
+    model, mapping = network_of(keras.arrays, shortcut_from_raw)
     if keras.num_classes is not None and keras.num_classes != mapping.num_classes:
-        raise UserError(f"{src}: its model description has {keras.num_classes} classes, its weights {mapping.num_classes}")
-    names = {"source": str(src), "format": keras.kind, "num_classes": mapping.num_classes,
+        raise UserError(f"{source}: its model description has {keras.num_classes} classes, its weights {mapping.num_classes}")
+    names = {"source": str(source), "format": keras.kind, "num_classes": mapping.num_classes,
              "tensors": [[k, t, str(keras.arrays[k].dtype)] for k, t in mapping.pairs]}
     if keras.h5_paths:  # a Keras 3 file: its own structure, for writing the weights back into it
         names["keras3_h5"] = {"tensors": [[keras.h5_paths[k], t, str(keras.arrays[k].dtype)] for k, t in mapping.pairs],
                               "groups": keras.h5_groups}
+    model.keras_names = KerasNames.of(names, f"the Keras names of {source}")
+    return model, mapping
 
-    if dst.suffix == ".safetensors":
-        atomic_write(dst, lambda tmp: safetensors_io.write(tmp, state, names))
-    else:  # the names file once the weights are whole on disk, just before they are renamed into place
-        save_torch(state, dst, lambda: atomic_write(names_sidecar(dst), lambda tmp: Path(tmp).write_text(
-            json.dumps(names, indent=1))))
+
+def convert_keras_file(src, dst, shortcut_from_raw: bool = False):
+    """Convert the Keras weights in ``src`` (a pickle, ``.keras``, ``.weights.h5`` or Keras 2 ``.h5``,
+    told apart by content) into a state dict at ``dst`` (``save_model``: ``.safetensors`` or ``.pt``,
+    the Keras names kept). Returns (Keras-named arrays, Mapping)."""
+    keras = read_keras_file(src)  # first: a .pt given here is named as such, whatever the output path
+    dst = Path(dst)
+    if Path(src).resolve() in (dst.resolve(), names_sidecar(dst).resolve()):
+        raise UserError(f"output {dst} (or its names file) is the input {src}; choose another path")
+    model, mapping = keras_to_model(keras, src, shortcut_from_raw)
+    save_model(model, dst)
     return keras.arrays, mapping
 
 
 convert_pickle = convert_keras_file  # the name the demo, the API and the tests know
-
-
-def names_record(path) -> tuple[dict | None, str]:
-    """The names record kept with the weights at ``path`` (its sidecar, or a safetensors file's
-    metadata) and where it was read; None when there is none."""
-    if safetensors_io.is_safetensors(path):
-        text, where = safetensors_io.keras_names_text(path), f"{path} (its metadata)"
-    else:
-        sidecar = names_sidecar(path)
-        try:
-            text, where = (sidecar.read_text() if sidecar.is_file() else None), str(sidecar)
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {sidecar}: {e}; {NAMES_HINT}") from None
-    if text is None:
-        return None, where
-    try:
-        record = json.loads(text)
-    except (ValueError, RecursionError):
-        record = None
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
-    return record, where
-
-
-NAMES_HINT = "pass --keras3-names to ignore it"
 
 
 def checked_names(triples, state, where: str) -> list[tuple[str, str, str]]:
@@ -162,21 +146,24 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
     return out
 
 
-def export_keras_file(src, dst, use_source_names: bool = True):
-    """Write the state dict (``.pt`` or ``.safetensors``) ``src`` as Keras weights at ``dst``: a
-    Keras 3 weights file for a name ending in ``.weights.h5`` (the structure of the Keras 3 file the
-    weights came from, else of ``keras_model.build``), else a pickle of Keras-named arrays (the names
-    of the file they came from, else fresh Keras 3 names). Returns (arrays, where the names came
-    from, or None)."""
-    src, dst = Path(src), Path(dst)
-    if dst.resolve() in (src.resolve(), names_sidecar(src).resolve()):
-        raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
+def check_keras_output(dst) -> bool:
+    """Whether ``dst`` is a Keras 3 weights file (else a pickle); refuses names Keras would misread."""
+    dst = Path(dst)
     h5 = dst.name.endswith(".weights.h5")
     if not h5 and dst.suffix in (".h5", ".keras"):
         raise UserError(f"output {dst}: Keras weights are written as NAME.weights.h5 (Keras 3 model.load_weights "
                         f"reads them) or as a pickle of arrays (any other name)")
-    state = load_model(src).state_dict()
-    record, where = names_record(src) if use_source_names else (None, None)
+    return h5
+
+
+def model_to_keras(model: ResidualNetwork, h5: bool, use_source_names: bool = True):
+    """The network's tensors as Keras-named arrays: (arrays, the Keras 3 file's groups (``h5``) or None,
+    where the names came from or None). The names the network carries (``model.keras_names``) unless
+    ``use_source_names`` is False, else fresh Keras 3 names (``keras_model.build``'s)."""
+    state = model.state_dict()
+    names_of = model.keras_names if use_source_names else None
+    record, where = (names_of.record(), names_of.where) if names_of is not None else (None, None)
+    groups = None
     if h5:
         layout = (record or {}).get("keras3_h5")
         if layout is None:  # no Keras 3 file behind the weights
@@ -190,11 +177,29 @@ def export_keras_file(src, dst, use_source_names: bool = True):
     else:
         names = checked_names(record.get("tensors"), state, where) if record else None
         where = where if record else None
-    arrays = state_dict_to_keras(state, names)
-    if h5:
+    return state_dict_to_keras(state, names), groups, where
+
+
+def write_keras_arrays(dst, arrays: dict, groups: list | None) -> None:
+    """A Keras 3 weights file (``groups`` given) or a pickle of the arrays, written atomically."""
+    if groups is not None:
         atomic_write(dst, lambda tmp: write_keras3(tmp, arrays, groups))
     else:
         atomic_write(dst, lambda tmp: Path(tmp).write_bytes(pickle.dumps(arrays, protocol=4)))
+
+
+def export_keras_file(src, dst, use_source_names: bool = True):
+    """Write the state dict (``.pt`` or ``.safetensors``) ``src`` as Keras weights at ``dst``: a
+    Keras 3 weights file for a name ending in ``.weights.h5`` (the structure of the Keras 3 file the
+    weights came from, else of ``keras_model.build``), else a pickle of Keras-named arrays (the names
+    of the file they came from, else fresh Keras 3 names). Returns (arrays, where the names came
+    from, or None)."""
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() in (src.resolve(), names_sidecar(src).resolve()):
+        raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
+    h5 = check_keras_output(dst)
+    arrays, groups, where = model_to_keras(load_model(src), h5, use_source_names)
+    write_keras_arrays(dst, arrays, groups)
     return arrays, where
 
 

@@ -10,28 +10,12 @@ from pathlib import Path
 import torch
 
 from . import safetensors_io
+from .keras_names import names_sidecar, read_names
 from ..errors import UserError, shell_command
 from ..model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
 DEFAULT_STATE_DICT = Path("weights/resnet_cifar100.pt")
-
-
-def names_sidecar(pt_path) -> Path:
-    """Where the Keras names of a converted state dict are kept, for the way back to Keras."""
-    return Path(str(pt_path) + ".keras_names.json")
-
-
-def keras_names_text(weights) -> str | None:
-    """The Keras names kept with a weights file (its names sidecar, or a safetensors file's
-    metadata, as text), if any."""
-    sidecar = names_sidecar(weights)
-    try:
-        if safetensors_io.is_safetensors(weights):
-            return safetensors_io.keras_names_text(weights)
-        return sidecar.read_text() if sidecar.is_file() else None
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def atomic_write(path, write, before_replace=None) -> None:
@@ -141,7 +125,29 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
+    model.keras_names = read_names(path)
     return model
+
+
+def save_model(model: ResidualNetwork, path) -> None:
+    """``model``'s state dict at ``path`` with its Keras names: a ``.safetensors`` file (the names in
+    its metadata) for that suffix, else ``torch.save``'s format and the names in ``NAME.keras_names.json``
+    (an earlier file's names removed when the model has none). Atomic: a failure leaves neither file."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    names = model.keras_names.text if model.keras_names is not None else None
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda tmp: safetensors_io.write(tmp, state, names))
+        return
+    sidecar = names_sidecar(path)
+
+    def names_then_weights():  # the names once the weights are whole on disk, just before their rename
+        if names is None:
+            sidecar.unlink(missing_ok=True)
+        else:
+            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(names))
+
+    save_torch(state, path, names_then_weights)
 
 
 def keras_pickle(path) -> None:

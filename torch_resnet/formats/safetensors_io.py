@@ -2,8 +2,6 @@
 metadata, the Keras names for the way back (what a ``.pt`` keeps in its names sidecar)."""
 from __future__ import annotations
 
-import json
-
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -21,9 +19,10 @@ def is_safetensors(path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= MAX_HEADER
 
 
-def write(path, state: dict[str, torch.Tensor], keras_names: dict | None) -> None:
+def write(path, state: dict[str, torch.Tensor], keras_names: str | None) -> None:
+    """``keras_names``: the names record as JSON text (``keras_names.KerasNames.text``)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={KERAS_NAMES: json.dumps(keras_names)} if keras_names else None)
+    save_file(tensors, str(path), metadata={KERAS_NAMES: keras_names} if keras_names else None)
 
 
 def read(path) -> dict[str, torch.Tensor]:

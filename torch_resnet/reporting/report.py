@@ -250,6 +250,13 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
+def render_report(runs: list[Run]) -> tuple[str, str, dict[str, bytes]]:
+    """The report of ``runs`` in memory: (Markdown, HTML with the figures inline, the figures' PNGs by file name)."""
+    page = blocks(runs)
+    pngs = {file: png_bytes(make(runs)) for file, (_, make) in FIGURES.items()}
+    return to_markdown(page), to_html(page, pngs), pngs
+
+
 def write_report(folders, out) -> Path:
     """Read the runs, write the figures, then report.md and report.html (last). Returns report.md."""
     runs = load_runs(folders)
@@ -257,10 +264,9 @@ def write_report(folders, out) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file, not a folder")
     refuse_run_folder(out, "-o")
-    page = blocks(runs)
-    pngs = {file: png_bytes(make(runs)) for file, (_, make) in FIGURES.items()}
+    markdown, html, pngs = render_report(runs)
     for file, data in pngs.items():
         atomic_write(out / file, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(to_markdown(page), encoding="utf-8"))
-    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(to_html(page, pngs), encoding="utf-8"))
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return out / "report.md"

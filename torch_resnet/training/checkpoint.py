@@ -23,13 +23,14 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir",
 
 
 def save_checkpoint(path: Path, stepper, *, epoch: int, history: list, cfg: TrainConfig,
-                    keras_names: str | None, replaces_earlier_run: bool = False) -> None:
+                    replaces_earlier_run: bool = False) -> None:
     """Everything ``load_checkpoint`` needs to continue ``stepper`` (a ``stepper.Stepper``) after
-    ``epoch``, without the weights file it started from (``keras_names``: that file's Keras names).
+    ``epoch``, without the weights file it started from (the model's Keras names included).
     ``replaces_earlier_run``: the first checkpoint of an --overwrite run (``clear_earlier_run``)."""
+    names = stepper.model.keras_names.text if stepper.model.keras_names is not None else None
     ckpt = {"model": stepper.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
             "scheduler": stepper.scheduler.state_dict(), "scaler": stepper.scaler.state_dict(),
-            "epoch": epoch, "history": history, "config": asdict(cfg), "keras_names": keras_names}
+            "epoch": epoch, "history": history, "config": asdict(cfg), "keras_names": names}
     save_torch(ckpt, path, (lambda: clear_earlier_run(path.parent)) if replaces_earlier_run else None)
 
 

@@ -62,36 +62,41 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) 
     }, confusion.numpy()
 
 
-def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, batch_size: int = 256,
-             device: str | None = None, keras_pickle=None, shortcut_from_raw: bool = False,
-             download: bool = True, amp: str = "auto") -> dict:
-    """Evaluate ``weights`` on the test split; with ``out`` write eval.json and confusion.png there.
-    With ``keras_pickle`` (any Keras file the converter reads), also run Keras with it and compare its logits with PyTorch's.
-    ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
+def evaluate(weights, *, shortcut_from_raw: bool = False, **options) -> dict:
+    """Evaluate the state dict at ``weights`` (``evaluate_model``'s options)."""
+    check_options(options.get("batch_size", 256), options.get("out"))
+    return evaluate_model(load_model(weights, shortcut_from_raw), str(weights), shortcut_from_raw=shortcut_from_raw,
+                          **options)
+
+
+def check_options(batch_size: int, out) -> None:
     check_count("--batch-size", batch_size)
     if out is not None:
         refuse_run_folder(out, "--out")
+
+
+def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset: str | None = None, data_dir="data",
+                   out=None, batch_size: int = 256, device: str | None = None, keras_pickle=None,
+                   shortcut_from_raw: bool = False, download: bool = True, amp: str = "auto") -> dict:
+    """Evaluate ``model`` (read from ``source``, a path, or None for a network in memory) on the test
+    split; with ``out`` write eval.json and confusion.png there. With ``keras_pickle`` (any Keras file
+    the converter reads), also run Keras with it and compare its logits with PyTorch's.
+    ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
+    check_options(batch_size, out)
+    named = source or "the network"
     dev = pick_device(device or "auto")
     dtype = amp_dtype(amp, dev, training=False)
     if dev.type == "cpu":
         keep_freed_memory()
-    model = load_model(weights, shortcut_from_raw)
-    num_classes = model.num_classes
-    fmt = pick_dataset(num_classes, dataset, weights)
+    fmt = pick_dataset(model.num_classes, dataset, named)
     split = load_cifar(data_dir, fmt, "test", download)
-    if keras_pickle is not None:  # every input is checked before the long work starts
-        if importlib.util.find_spec("tensorflow") is None:
-            raise UserError("--keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
-        keras_state, mapping = keras_to_state_dict(read_keras_file(keras_pickle).arrays, shortcut_from_raw)
-        if mapping.num_classes != num_classes:
-            raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
-
+    keras_state = None if keras_pickle is None else keras_weights(keras_pickle, shortcut_from_raw, model.num_classes)
     logits = predict(model, split, batch_size, dev, dtype=dtype)
     if not torch.isfinite(logits).all():
-        raise UserError(f"{weights}: the network gives non-finite logits (broken weights, e.g. a negative "
+        raise UserError(f"{named}: the network gives non-finite logits (broken weights, e.g. a negative "
                         f"BatchNorm variance)")
     scores, confusion = metrics(logits, split.labels, split.class_names)
-    report = {"weights": str(weights), "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": num_classes,
+    report = {"weights": source, "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": model.num_classes,
               "n_images": len(split.labels), "stand_in_data": split.stand_in, "settings": describe(dev, dtype, True),
               **scores}
     if keras_pickle is not None:
@@ -106,13 +111,22 @@ def evaluate(weights, *, dataset: str | None = None, data_dir="data", out=None, 
                            "agreement": (k.argmax(1) == logits.argmax(1)).double().mean().item(),
                            "max_abs_dlogit": (k - logits).abs().max().item()}
     if out is not None:
-        out = Path(out)
-        title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}\n"
-                 f"{Path(weights).name}")
+        title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}"
+                 + (f"\n{Path(source).name}" if source else ""))
         fig = confusion_figure(confusion, split.class_names, title)
-        write_png(out / "confusion.png", title_stand_in(fig) if split.stand_in else fig, dpi=120)
-        write_json(out / "eval.json", report, indent=1)
+        write_png(Path(out) / "confusion.png", title_stand_in(fig) if split.stand_in else fig, dpi=120)
+        write_json(Path(out) / "eval.json", report, indent=1)
     return report
+
+
+def keras_weights(keras_pickle, shortcut_from_raw: bool, num_classes: int) -> dict:
+    """The Keras file's weights as a state dict, checked before the long work starts."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UserError("--keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
+    keras_state, mapping = keras_to_state_dict(read_keras_file(keras_pickle).arrays, shortcut_from_raw)
+    if mapping.num_classes != num_classes:
+        raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")
+    return keras_state
 
 
 def format_summary(report: dict, worst: int = 5) -> str:

@@ -12,12 +12,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import UserError
-from ..formats.files import atomic_write, names_sidecar, save_torch
+from ..formats.files import atomic_write, save_model
+from ..model import ResidualNetwork
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"]
 VAL_KEYS = ("val_loss", "val_acc")  # null with --val-size 0
@@ -40,16 +40,10 @@ def write_png(path, fig: Figure, dpi: int = 100) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
-def write_run(out: Path, model: torch.nn.Module, metrics: dict, keras_names: str | None) -> None:
-    """model.pt (with ``keras_names``, the names sidecar of the weights it started from),
-    metrics.json, metrics.csv and curves.png in ``out``."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_torch(state, out / "model.pt")
-    names = names_sidecar(out / "model.pt")
-    if keras_names is not None:  # keep the Keras names for the way back (convert/pt_to_keras_pickle.py)
-        atomic_write(names, lambda tmp: Path(tmp).write_text(keras_names))
-    else:  # an earlier run's names would be taken for this model's
-        names.unlink(missing_ok=True)
+def write_run(out: Path, model: ResidualNetwork, metrics: dict) -> None:
+    """model.pt (with its Keras names, for the way back), metrics.json, metrics.csv and curves.png
+    in ``out``."""
+    save_model(model, out / "model.pt")
     write_json(out / "metrics.json", metrics)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, EPOCH_FIELDS)

@@ -28,7 +28,7 @@ from .evaluate import metrics as test_metrics
 from .evaluate import predict
 from .frozen_backbone import FrozenBackbone, frozen_backbone
 from .stepper import Stepper, backbone_features
-from ..formats.files import keras_names_text
+from ..formats.keras_names import KerasNames
 from .memory import peak_memory_bytes, step_memory_bytes
 from ..model import ResidualNetwork
 from .outputs import write_run
@@ -94,8 +94,7 @@ def learning_rates(optimizer, model: ResidualNetwork) -> dict:
 
 def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: bool = False) -> dict:
     """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the
-    metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``;
-    its Keras names, for the way back, in its ``keras_names`` attribute (as ``api.load`` sets it).
+    metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``.
     ``quiet``: print the run's first line only (the Python API's runs)."""
     with distributed(cfg.device) as ctx:
         ctx.quiet = quiet
@@ -135,7 +134,6 @@ class Session:
     train_batches: DeviceBatches
     val_batches: DeviceBatches | None
     test: CifarSplit
-    keras_names: str | None  # the names record of the weights the run began with, for the way back
     channels_last: bool
     backbone: FrozenBackbone | None  # --freeze: the backbone as one constant function
     cache_seconds: float | None  # --freeze without augmentation: computing the features once
@@ -164,7 +162,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
         scores = test_scores(s.stepper.model, s.test, cfg.batch_size, ctx.device)
     metrics = run_metrics(s, scores, step_memory)
     if ctx.main:
-        write_run(out, s.stepper.model, metrics, s.keras_names)
+        write_run(out, s.stepper.model, metrics)
         ctx.print(f"wrote {out}/model.pt, metrics.json, metrics.csv, curves.png")
     return metrics
 
@@ -180,9 +178,7 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
     ckpt = read_checkpoint(out / "checkpoint.pt") if cfg.resume else None  # read once: network, then state
     if ckpt is not None:
         pretrained = checkpoint_model(ckpt, out / "checkpoint.pt")
-    keras_names = (None if cfg.resume else getattr(pretrained, "keras_names", None) if pretrained is not None
-                   else keras_names_text(cfg.init_from or cfg.weights))
-    model = prepare_model(cfg, pretrained=pretrained).to(device)
+    model = prepare_model(cfg, pretrained=pretrained).to(device)  # its Keras names come along
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -205,10 +201,10 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
     optimizer = optimizer_for(model, cfg)
     stepper = Stepper(model, optimizer, schedule(optimizer, cfg, cfg.epochs * len(train_batches)), cfg, device,
                       ctx.world, backbone)
-    s = Session(out, cfg, ctx, stepper, train_batches, val_batches, test, keras_names, channels_last, backbone,
-                cache_seconds)
+    s = Session(out, cfg, ctx, stepper, train_batches, val_batches, test, channels_last, backbone, cache_seconds)
     if ckpt is not None:
-        s.history, s.start_epoch, s.keras_names = load_checkpoint(ckpt, out / "checkpoint.pt", stepper, cfg)
+        s.history, s.start_epoch, names = load_checkpoint(ckpt, out / "checkpoint.pt", stepper, cfg)
+        model.keras_names = None if names is None else KerasNames(names, f"{out / 'checkpoint.pt'} (its Keras names)")
         ctx.print(f"resuming {out} after epoch {s.start_epoch}")
     return s
 
@@ -276,7 +272,7 @@ def train_and_validate(s: Session, epoch: int) -> None:
                  if first and s.cache_seconds else " (on cached features)" if s.cache_seconds else ""))
     if ctx.main:
         save_checkpoint(s.out / "checkpoint.pt", s.stepper, epoch=epoch, history=s.history, cfg=cfg,
-                        keras_names=s.keras_names, replaces_earlier_run=cfg.overwrite and not cfg.resume and first)
+                        replaces_earlier_run=cfg.overwrite and not cfg.resume and first)
 
 
 def run_metrics(s: Session, scores: dict, step_memory: int | None) -> dict:
