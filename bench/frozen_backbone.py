@@ -25,7 +25,7 @@ from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.training.config import AMP_MODES  # noqa: E402
 from torch_resnet.training.performance import amp_dtype, autocast, cpu_kind, keep_freed_memory  # noqa: E402
 from torch_resnet.training.frozen_backbone import compile_with_freezing  # noqa: E402
-from torch_resnet.training.regimes import freeze_batchnorm  # noqa: E402
+from torch_resnet.training.frozen_batchnorm import freeze_batchnorm  # noqa: E402
 
 
 def rate(backbone, x, batches: int, dtype) -> float:

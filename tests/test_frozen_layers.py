@@ -12,7 +12,7 @@ from torch_resnet import ResidualNetwork
 from torch_resnet.model import ResidualBlock
 from torch_resnet.training import performance
 from torch_resnet.training.frozen_backbone import compile_with_freezing, frozen_backbone
-from torch_resnet.training.regimes import FoldedResidualBlock, freeze_batchnorm
+from torch_resnet.training.frozen_batchnorm import FoldedResidualBlock, FrozenBatchNorm2d, freeze_batchnorm
 
 CPU = torch.device("cpu")
 
@@ -35,8 +35,15 @@ def test_folded_batchnorm_trains_as_the_unfolded_one(shortcut_from_raw):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     freeze_batchnorm(model.backbone)
     assert all(type(b) is FoldedResidualBlock for b in model.backbone.blocks)
+    bns = [m for m in model.modules() if "BatchNorm" in type(m).__name__]
+    assert len(bns) == 19 and all(type(m) is FrozenBatchNorm2d for m in bns)  # explicit modules, no class swap
+    assert not [n for n, _ in model.named_parameters() if ".bn" in n]  # buffers: nothing of them can train
     state = model.state_dict()
-    assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
+    assert list(state) == list(before) and all(torch.equal(state[k], v) for k, v in before.items())
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 8, 8))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # statistics untouched
 
     reference = copy.deepcopy(model)
     for block in reference.backbone.blocks:

@@ -30,6 +30,7 @@ from torch_resnet.data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cif
 from torch_resnet.conversion.keras_map import TO_TORCH_AXES, relayout
 from torch_resnet.training.keras_recipe import KerasAdam, keras_dense
 from torch_resnet.model import FEATURES, images_to_input
+from torch_resnet.training.frozen_batchnorm import FrozenBatchNorm2d
 from torch_resnet.training.regimes import prepare_model
 from torch_resnet.data.synthetic import write_cifar
 
@@ -225,9 +226,13 @@ def test_new_head_is_initialised_as_keras_dense(ref):
 @pytest.mark.parametrize("regime", REGIMES)
 def test_gradient_check_fails_when_batchnorm_trains(ref, regime):
     model = prepare_model(config(ref, regime))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.__class__ = nn.BatchNorm2d  # a plain BatchNorm: batch statistics under model.train()
+    for parent in list(model.modules()):
+        for name, m in list(parent.named_children()):
+            if isinstance(m, FrozenBatchNorm2d):  # a plain BatchNorm: batch statistics under model.train()
+                plain = nn.BatchNorm2d(m.weight.shape[0], eps=m.eps)
+                plain.load_state_dict(m.state_dict())
+                plain.requires_grad_(False)  # gamma and beta still fixed: only the statistics are wrong
+                setattr(parent, name, plain)
     loss_err, errors, failures = gradient_check(model, ref, regime)
     FIGURES.append((f"trap BatchNorm in training mode ({regime})",
                     f"loss rel. error {loss_err:.1e}, worst gradient {max(errors.values()):.1e}"))

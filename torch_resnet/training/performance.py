@@ -178,3 +178,11 @@ def describe(device: torch.device, dtype: torch.dtype | None, channels_last: boo
     if compile_mode and compile_mode != "off":
         parts.append(f"torch.compile ({compile_mode})")
     return ", ".join(parts)
+
+
+def describe_training(device: str = "cpu", amp: str = "auto") -> str:
+    """What a training run on ``device`` ("cpu", "cuda", "cuda:1") computes in with ``--amp amp``,
+    and why: the settings its first line prints, e.g. "cuda, fp16 autocast (compute capability
+    7.5: fp16 tensor cores, no bf16; gradient scaler when training), channels_last"."""
+    dev = torch.device(device)
+    return describe(dev, amp_dtype(amp, dev), True)

@@ -2,69 +2,23 @@
 
 - ``freeze``: the pretrained backbone is fixed (``requires_grad=False``, eval mode); only the
   new 10-class head trains.
-- ``full``: every pretrained convolution and the head train; every BatchNorm is frozen (eval
-  mode whatever ``model.train()`` says, gamma/beta not trainable, running statistics never
-  updated); the pretrained layers get a very low learning rate.
+- ``full``: every pretrained convolution and the head train; every BatchNorm is frozen
+  (``frozen_batchnorm.py``: eval-mode arithmetic whatever ``model.train()`` says, gamma/beta not
+  trainable, running statistics never updated); the pretrained layers get a very low learning rate.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
 from ..errors import UserError, shell_command
 from ..formats.files import DEFAULT_STATE_DICT, load_model
+from .frozen_batchnorm import freeze_batchnorm
 from .keras_recipe import keras_dense, keras_optimizer
-from ..model import FEATURES, ResidualBlock, ResidualNetwork
-
-
-class FrozenBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that stays in eval mode: ``train()`` cannot switch it to batch statistics."""
-
-    def train(self, mode: bool = True):
-        return super().train(False)
-
-
-class FoldedResidualBlock(ResidualBlock):
-    """A block whose BatchNorms are frozen: while training, ``bn2`` is folded into ``conv1``.
-
-    A frozen BatchNorm is a per-channel affine, ``scale * z + shift``; after a convolution it is the
-    same convolution with its weight times ``scale`` and ``shift`` as a bias. So the step makes
-    one pass over memory less in forward and in backward, and keeps one activation less, per
-    block; autograd still trains ``conv1.weight`` (through the product). The numbers differ from
-    the unfolded block by float rounding only (tested). In eval mode (validation, test, export)
-    the block is the model's own, exact path.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        inplace = not torch.is_grad_enabled()
-        y = F.silu(self.bn1(x), inplace=inplace)
-        s = x if self.shortcut is None else self.shortcut(x if self.shortcut_from_raw else y)
-        bn = self.bn2
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
-        y = self.conv1.same_conv(y, self.conv1.weight * scale.view(-1, 1, 1, 1), shift)
-        return self.conv2(F.silu(y, inplace=inplace)) + s
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Make every BatchNorm of ``module`` frozen: eval mode for good, gamma/beta not trainable,
-    and every residual block a ``FoldedResidualBlock``.
-
-    The class swaps keep parameters, buffers and state-dict keys exactly as they are.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.__class__ = FrozenBatchNorm2d
-            m.requires_grad_(False)
-            m.eval()
-        elif type(m) is ResidualBlock:
-            m.__class__ = FoldedResidualBlock
+from ..model import FEATURES, ResidualNetwork
 
 
 def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualNetwork | None = None
