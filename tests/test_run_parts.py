@@ -13,6 +13,9 @@ from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes
 from torch_resnet.training.outputs import curves_figure, write_png
 from torch_resnet.training.regimes import optimizer_for, prepare_model
 from torch_resnet.training.stepper import Stepper
+from torch_resnet.data.cifar import CifarSplit
+from torch_resnet.data.source import CifarSource
+from torch_resnet.training import train
 from torch_resnet.training.train import load_splits
 
 
@@ -78,7 +81,34 @@ def test_fewer_training_images_than_ranks_is_refused(setup, monkeypatch):
     cfg = TrainConfig(data_dir=str(setup[0] / "data"), val_size=63, download=False)  # leaves 1 of 64 images
     ctx = distributed.RunContext(torch.device("cpu"), rank=0, world=2)
     with pytest.raises(UserError, match="leaves 1 training images for 2 processes"):
-        load_splits(cfg, ctx)
+        load_splits(cfg, ctx, CifarSource(cfg.data_dir))
+
+
+class Shapes:
+    """A data source of another kind than CIFAR (what an image folder will be): 24 x 24 images of
+    three classes, a bright square, a dark one, a stripe, made in memory."""
+    name, num_classes = "shapes", 3
+
+    def split(self, which, download):
+        g = torch.Generator().manual_seed(0 if which == "train" else 1)
+        n = 48 if which == "train" else 24
+        labels = torch.arange(n) % 3
+        images = torch.randint(0, 60, (n, 3, 24, 24), generator=g, dtype=torch.uint8)
+        images[labels == 0, :, 6:18, 6:18] = 250
+        images[labels == 1, :, 6:18, 6:18] = 0
+        images[labels == 2, :, :, 10:14] = 200
+        return CifarSplit(images, labels, ["bright", "dark", "stripe"])
+
+
+def test_a_data_source_of_another_kind_plugs_into_the_loop(setup, tmp_path):
+    """The loop takes any DataSource: the head follows its classes, the record its names and sizes."""
+    cfg = TrainConfig(freeze=True, epochs=2, batch_size=16, val_size=12, lr=0.05, device="cpu", amp="off",
+                      out=str(tmp_path / "shapes"), weights=str(setup[1]))
+    metrics = train.main(cfg, quiet=True, data=Shapes())
+    model = load_model(tmp_path / "shapes" / "model.pt")
+    assert model.num_classes == 3 and metrics["class_names"] == ["bright", "dark", "stripe"]
+    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (36, 12, 24)
+    assert metrics["test_accuracy"] > 0.5  # it learnt the shapes (chance: 1/3)
 
 
 def test_curves_leave_the_plotting_backend_alone(tmp_path, monkeypatch):

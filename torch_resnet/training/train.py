@@ -21,7 +21,8 @@ from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, read_checkpoint, resume_command,
                          save_checkpoint)
 from .config import TrainConfig
-from ..data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar, split_train_val
+from ..data.cifar import CifarSplit, DeviceBatches, split_train_val
+from ..data.source import CifarSource, DataSource
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
 from ..errors import UserError
 from .evaluate import metrics as test_metrics
@@ -92,21 +93,24 @@ def learning_rates(optimizer, model: ResidualNetwork) -> dict:
     return rates
 
 
-def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: bool = False) -> dict:
+def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: bool = False,
+         data: DataSource | None = None) -> dict:
     """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the
     metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``.
-    ``quiet``: print the run's first line only (the Python API's runs)."""
+    ``quiet``: print the run's first line only (the Python API's runs). ``data``: where the images
+    come from (``data/source.py``); by default CIFAR-10 in ``cfg.data_dir``."""
     with distributed(cfg.device) as ctx:
         ctx.quiet = quiet
-        return train_and_test(cfg, ctx, pretrained)
+        return train_and_test(cfg, ctx, pretrained, data or CifarSource(cfg.data_dir))
 
 
-def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSplit | None, CifarSplit]:
+def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
+                ) -> tuple[CifarSplit, CifarSplit | None, CifarSplit]:
     """(train, validation (None with --val-size 0), test); rank 0 downloads the data set (if it
     must) before the others read it."""
     with rank_zero_first(ctx):
-        full_train = load_cifar(cfg.data_dir, CIFAR10, "train", cfg.download)
-        test = load_cifar(cfg.data_dir, CIFAR10, "test", cfg.download)
+        full_train = data.split("train", cfg.download)
+        test = data.split("test", cfg.download)
     n_val = cfg.val_count(len(full_train.labels))
     train, val = split_train_val(full_train, n_val, cfg.seed) if n_val else (full_train, None)
     if len(train.labels) < ctx.world:  # every rank needs at least one image per epoch
@@ -115,12 +119,12 @@ def load_splits(cfg: TrainConfig, ctx: RunContext) -> tuple[CifarSplit, CifarSpl
     return train, val, test
 
 
-def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None = None) -> dict:
+def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
     if cfg.batch_size % ctx.world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
                         f"{ctx.world} processes")
     with hold_run_folder(cfg, writer=ctx.main) as out:  # held (locked) until the run ends
-        return train_in(out, cfg, ctx, pretrained)
+        return train_in(out, cfg, ctx, pretrained, data)
 
 
 @dataclass
@@ -147,9 +151,9 @@ class Session:
         return len(self.train_batches.labels), len(val.labels) if val else 0, len(self.test.labels)
 
 
-def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None) -> dict:
+def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
     """The run, top to bottom: set up, the epochs (a checkpoint after each), the test, the outputs."""
-    s = setup(out, cfg, ctx, pretrained)
+    s = setup(out, cfg, ctx, pretrained, data)
     announce(s)
     step_memory = None
     if cfg.step_memory:  # one extra, undone step: only when asked (bench/throughput.py measures it too)
@@ -167,7 +171,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     return metrics
 
 
-def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None) -> Session:
+def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> Session:
     """The model for the regime, the data as batches on the device, the step; a resumed run's state."""
     torch.manual_seed(cfg.seed)
     device = ctx.device
@@ -178,11 +182,11 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
     ckpt = read_checkpoint(out / "checkpoint.pt") if cfg.resume else None  # read once: network, then state
     if ckpt is not None:
         pretrained = checkpoint_model(ckpt, out / "checkpoint.pt")
-    model = prepare_model(cfg, pretrained=pretrained).to(device)  # its Keras names come along
+    model = prepare_model(cfg, data.num_classes, pretrained).to(device)  # its Keras names come along
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    train, val, test = load_splits(cfg, ctx)
+    train, val, test = load_splits(cfg, ctx, data)
     per_rank = cfg.batch_size // ctx.world
     eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=(ctx.rank, ctx.world))
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
