@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "convert/keras_pickle_to_pt.py"
 sys.path.insert(0, str(ROOT))
-from torch_resnet.errors import ArgumentParser  # noqa: E402
+from torch_resnet.cli.shell import ArgumentParser  # noqa: E402
 
 
 def seconds(checkout: Path, src: Path, out: Path) -> float:

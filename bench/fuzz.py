@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from torch_resnet.errors import ArgumentParser  # noqa: E402
+from torch_resnet.cli.shell import ArgumentParser  # noqa: E402
 
 FAILURES = ("traceback", "crash", "hang", "multi-line")
 OUTCOMES = ("converted", "refused", *FAILURES)
@@ -161,7 +161,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 def targets(tmp: Path) -> dict:
     from torch_resnet.cli import convert
     from torch_resnet.data.cifar import CIFAR10, _read_batch
-    from torch_resnet.errors import cli
+    from torch_resnet.cli.shell import cli
     from torch_resnet.formats.files import load_model
     from torch_resnet.training.checkpoint import checkpoint_model, read_checkpoint
     from torch_resnet.training.outputs import read_metrics

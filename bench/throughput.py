@@ -40,7 +40,8 @@ from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.training.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
 from torch_resnet.data.cifar import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
 from torch_resnet.training.distributed import pick_device  # noqa: E402
-from torch_resnet.errors import ArgumentParser, UserError, check_count, cli  # noqa: E402
+from torch_resnet.errors import UserError, check_count  # noqa: E402
+from torch_resnet.cli.shell import ArgumentParser, cli  # noqa: E402
 from torch_resnet.training.evaluate import predict  # noqa: E402
 from torch_resnet.formats.files import atomic_write  # noqa: E402
 from torch_resnet.training.memory import peak_memory_bytes, step_memory_bytes  # noqa: E402

@@ -18,7 +18,8 @@ from torch_resnet import ResidualNetwork
 from torch_resnet.training import train as trainer
 from torch_resnet.training.config import TrainConfig
 from torch_resnet.data.cifar import CIFAR10, find_or_download
-from torch_resnet.errors import UserError, cli
+from torch_resnet.errors import UserError
+from torch_resnet.cli.shell import cli
 from torch_resnet.data.synthetic import write_cifar
 
 FINETUNE = "train/finetune.py"

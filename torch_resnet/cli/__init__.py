@@ -9,10 +9,11 @@ import sys
 import threading
 from importlib.metadata import PackageNotFoundError, version
 
-from .. import errors
-from ..errors import UserError, cli
+from . import shell
+from ..errors import UserError
+from .shell import cli
 
-# subcommand (and its module in this package): what it does; its script is errors.SCRIPTS'
+# subcommand (and its module in this package): what it does; its script is shell.SCRIPTS'
 WHAT = {
     "convert": "Keras weights (course pickle, .keras, .weights.h5, Keras 2 .h5) -> PyTorch (.pt, .safetensors)",
     "finetune": "fine-tune on CIFAR-10: --freeze, or the full regime",
@@ -44,11 +45,11 @@ def main(argv=None) -> int:
         return 0
     if argv[0] not in WHAT:
         return cli(refuse_unknown)(argv[:1])
-    errors.RUNNING_AS = PROGRAM  # the commands the run prints name torch-resnet, not a script
+    shell.RUNNING_AS = PROGRAM  # the commands the run prints name torch-resnet, not a script
     try:
         return run(argv[0], argv[1:], prog=f"{PROGRAM} {argv[0]}")
     finally:
-        errors.RUNNING_AS = None
+        shell.RUNNING_AS = None
 
 
 def run(command: str, argv=None, **kwargs) -> int:

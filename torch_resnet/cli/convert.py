@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from ..conversion.convert import convert_keras_file, format_report
-from ..errors import ArgumentParser, UserError, cli
+from ..errors import UserError
+from .shell import ArgumentParser, cli
 from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
 from ..formats.keras_files import converted_name
 

@@ -14,7 +14,8 @@ from ..training import train
 from ..training.config import TrainConfig, command_line
 from ..conversion.convert import convert_pickle
 from ..data.cifar import CIFAR10
-from ..errors import ArgumentParser, UserError, cli, shell_command
+from ..errors import UserError
+from .shell import ArgumentParser, cli, shell_command
 from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT
 from ..reporting.report import write_report
 from ..data.synthetic import write_cifar, write_stand_in_keras_pickle

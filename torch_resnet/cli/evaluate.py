@@ -10,7 +10,7 @@ on the same images with that pickle (TensorFlow, in a child process) and compare
 from pathlib import Path
 
 from ..data.cifar import FORMATS
-from ..errors import ArgumentParser, cli
+from .shell import ArgumentParser, cli
 from ..training.evaluate import evaluate, format_summary
 from ..formats.files import DEFAULT_STATE_DICT
 

@@ -13,7 +13,7 @@ Layouts: conv OIHW -> HWIO, Linear (out, in) -> Dense (in, out), BN running stat
 """
 
 from ..conversion.convert import export_keras_file
-from ..errors import ArgumentParser, cli
+from .shell import ArgumentParser, cli
 
 
 @cli

@@ -10,7 +10,7 @@ curves.png, checkpoint.pt (after every epoch). A stopped run continues with its 
 """
 import argparse
 
-from ..errors import ArgumentParser, cli
+from .shell import ArgumentParser, cli
 from ..training import train
 from ..training.checkpoint import resume_config
 from ..training.config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig

@@ -7,7 +7,7 @@ writes report/report.md, report/report.html (figures inline: opens in any browse
 curves.png, per_class.png and confusion.png. Any number of runs, one column each.
 """
 
-from ..errors import ArgumentParser, cli
+from .shell import ArgumentParser, cli
 from ..reporting.report import write_report
 
 

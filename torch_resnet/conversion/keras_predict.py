@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ArgumentParser, UserError, cli
+from ..errors import UserError
+from ..cli.shell import ArgumentParser, cli
 from ..model import images_to_input
 from ..formats.safe_pickle import load_array_dict
 

@@ -11,7 +11,8 @@ import torch
 
 from . import safetensors_io
 from .keras_names import names_sidecar, read_names
-from ..errors import UserError, shell_command
+from ..errors import UserError
+from ..cli.shell import shell_command
 from ..model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")

@@ -12,7 +12,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from .config import DEFAULT_LR, TrainConfig, option
-from ..errors import UserError, option_value, shell_command
+from ..errors import UserError
+from ..cli.shell import option_value, shell_command
 from ..formats.files import names_sidecar, save_torch
 from ..model import ResidualNetwork
 from .outputs import RUN_FILES, check_epoch_rows

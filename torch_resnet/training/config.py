@@ -5,7 +5,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import UserError, check_count, option_value
+from ..errors import UserError, check_count
+from ..cli.shell import option_value
 from ..formats.files import DEFAULT_STATE_DICT
 
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}

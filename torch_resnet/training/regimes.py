@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
-from ..errors import UserError, shell_command
+from ..errors import UserError
+from ..cli.shell import shell_command
 from ..formats.files import DEFAULT_STATE_DICT, load_model
 from .frozen_batchnorm import freeze_batchnorm
 from .keras_recipe import keras_dense, keras_optimizer

@@ -1,0 +1,100 @@
+"""What the command line adds to the library: argparse's formatting, one-line errors and exit
+statuses (``cli``), SIGTERM handled as Ctrl-C, commands written so that they paste into a shell."""
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import signal
+import sys
+import threading
+
+from ..errors import UserError, first_line
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, minus the noise: no "(default: None)" or "(default: False)"
+    on flags, and nothing added where the help already says "(default ...)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if no_default(action.default) or "(default " in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def no_default(value) -> bool:
+    return any(value is v for v in (None, False, True, argparse.SUPPRESS))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose complaints are UserErrors: one line (not the usage block), exit 2 via @cli;
+    ``--help`` shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and not no_default(kwargs.get("default")):  # argparse shows
+            kwargs["help"] = "default: %(default)s"  # no default for an option without help
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+# Each script of a checkout, and its subcommand of the installed command (torch_resnet.cli).
+SCRIPTS = {"convert/keras_pickle_to_pt.py": "convert", "convert/pt_to_keras_pickle.py": "export",
+           "train/finetune.py": "finetune", "train/evaluate.py": "evaluate", "train/report.py": "report",
+           "train/demo.py": "demo"}
+RUNNING_AS = None  # "torch-resnet" while the installed command runs: printed commands name it
+
+
+def shell_command(script: str, args=(), python: str = "python") -> str:
+    """``python script args...`` (``torch-resnet command args...`` when run as that) as a line
+    that works when pasted into a shell (``shlex.join``)."""
+    head = [RUNNING_AS, SCRIPTS[script]] if RUNNING_AS else [python, script]
+    return shlex.join([*head, *map(str, args)])
+
+
+def option_value(name: str, value) -> list[str]:
+    """An option and its value as command-line words: ``--out=-x`` where the value starts with
+    "-" (argparse takes ``--out -x`` for two options)."""
+    value = str(value)
+    return [f"{name}={value}"] if value.startswith("-") else [name, value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C (what is saved stays saved, the way to go on is said); exit 143."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def cli(main):
+    """Decorate a script's ``main``: UserError (and OS errors on user paths) -> one line, exit 2;
+    Ctrl-C -> exit 130 and SIGTERM -> exit 143, each with one line saying what was kept."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None, **kwargs):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
+        try:
+            return main(argv, **kwargs)
+        except UserError as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
+        except OSError as e:
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"error: {first_line(str(e.strerror or e))}{where}", file=sys.stderr)
+        except KeyboardInterrupt as e:  # a KeyboardInterrupt("...") says how to go on
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"error: {what}{f'; {e}' if str(e) else ''}", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        return 2
+
+    return wrapper
