@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 import torch_resnet as tr
 from conftest import assert_refused, call_script, left_in
 from torch_resnet import UserError
+from torch_resnet.cli.shell import to_shell
 from torch_resnet.data.cifar import CIFAR10
 from torch_resnet.formats.keras_names import names_sidecar
 from torch_resnet.formats.safe_pickle import load_array_dict
@@ -179,21 +180,26 @@ def test_to_keras_writes_what_the_export_script_writes(api_runs, tmp_path, capsy
     assert "sequential/dense/kernel" in fresh and fresh["sequential/dense/kernel"].shape == (256, 10)
 
 
-def test_errors_are_the_scripts(api_runs, setup, tmp_path, capsys):
+def test_errors_are_the_scripts_in_python_terms(api_runs, setup, tmp_path, capsys):
+    """The API's errors name its parameters and calls; the scripts say the same in their options."""
     frozen, _ = api_runs
     _, weights = setup
     with pytest.raises(UserError, match=r"finetune\(\) has no option 'epoch'; its options: .*epochs"):
         tr.finetune(weights, epoch=3)
-    with pytest.raises(UserError, match="^--init-from starts the full regime from a --freeze run; it cannot"):
+    with pytest.raises(UserError, match="^`init_from` starts the full regime from a `freeze=True` run; it cannot"):
         tr.finetune(frozen, freeze=True)
+    with pytest.raises(UserError, match=r"^`lr` must be a number in \(0, 1\], got 2$"):
+        tr.finetune(weights, lr=2)
     kept = {p.name: p.read_bytes() for p in frozen.folder.iterdir()}
-    with pytest.raises(UserError, match="already holds a run"):  # refused before anything is written
-        tr.finetune(frozen.model, freeze=True, out=frozen.folder)
+    with pytest.raises(UserError, match="already holds a finished run .*pass `overwrite=True` to replace it") as e:
+        tr.finetune(frozen.model, freeze=True, out=frozen.folder)  # refused before anything is written
+    assert "resume" not in str(e.value)  # resuming a finished run would only be refused in turn
     assert {p.name: p.read_bytes() for p in frozen.folder.iterdir()} == kept
     rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", weights, "-o", "x.pt")
     with pytest.raises(UserError) as as_api:
         tr.from_keras(weights, out="x.pt")
-    assert_refused(rc, err, str(as_api.value))
+    assert "`weights`" in str(as_api.value) and "--" not in str(as_api.value)
+    assert_refused(rc, err, to_shell(str(as_api.value)), "take it as --weights")
     with pytest.raises(UserError, match="is a Keras pickle"):
         tr.load(setup[0] / "keras3.pkl")
 

@@ -201,8 +201,12 @@ def test_earlier_run_is_never_replaced_without_asking(setup, finished_run, capsy
     (finished_run / "checkpoint.pt").unlink()  # a finished run whose checkpoint was cleaned up
     model = (finished_run / "model.pt").read_bytes()
     rc, _, err = call_script(capsys, FINETUNE, *finetune_args(setup, finished_run, "--freeze"))
-    assert_refused(rc, err, "already holds a run (model.pt)")
+    err = assert_refused(rc, err, "already holds a finished run (metrics.json); pass --overwrite to replace it")
+    assert "--resume" not in err  # it would only be refused in turn
     assert (finished_run / "model.pt").read_bytes() == model
+    (finished_run / "metrics.json").unlink()  # a run stopped before its end: resuming it is the way on
+    rc, _, err = call_script(capsys, FINETUNE, *finetune_args(setup, finished_run, "--freeze"))
+    assert_refused(rc, err, "already holds a run (model.pt); pass --resume to continue it, --overwrite")
 
 
 @pytest.mark.parametrize("checkpoint", [

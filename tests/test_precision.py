@@ -65,7 +65,7 @@ def test_precision_and_layout_per_device():
     assert amp_dtype("off", torch.device("cuda")) is None and amp_dtype("bf16", CPU) == torch.bfloat16
     with pytest.raises(Exception, match="needs a CUDA device"):
         amp_dtype("fp16", CPU)
-    with pytest.raises(Exception, match="--amp must be one of auto, bf16, fp16, off, got 'fp8'"):
+    with pytest.raises(Exception, match="`amp` must be one of auto, bf16, fp16, off, got 'fp8'"):
         amp_dtype("fp8", CPU, training=False)  # evaluate() is called without argparse too
     kept = keep_freed_memory()
     assert keep_freed_memory() == kept  # idempotent

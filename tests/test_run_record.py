@@ -61,7 +61,7 @@ def test_resume_of_a_finished_run_changes_no_byte(setup, finished, capsys):
 def test_report_and_evaluate_never_write_into_a_run_folder(setup, finished, freeze_run, capsys):
     before = snapshot(finished)
     rc, _, err = call_script(capsys, "train/report.py", finished, "-o", finished)
-    assert_refused(rc, err, f"-o {finished} is a fine-tuning run's folder")
+    assert_refused(rc, err, f"--out {finished} is a fine-tuning run's folder")
     rc, _, err = call_script(capsys, "train/evaluate.py", "--weights", finished / "model.pt", "--out", finished,
                              "--data-dir", setup[0] / "data", "--device", "cpu", "--no-download")
     assert_refused(rc, err, f"--out {finished} is a fine-tuning run's folder")

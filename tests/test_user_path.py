@@ -107,7 +107,8 @@ def test_a_state_dict_given_to_the_converter_says_which_script_takes_it(tmp_path
     pt = tmp_path / "w.pt"
     torch.save(ResidualNetwork(10).state_dict(), pt, _use_new_zipfile_serialization=not legacy)
     rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", pt, "-o", tmp_path / "out.pt")
-    assert_refused(rc, err, "is a PyTorch file (torch.save), not a Keras pickle", "train/finetune.py --weights")
+    assert_refused(rc, err, "is a PyTorch file (torch.save), not a Keras pickle",
+                   "fine-tuning and evaluation take it as --weights")
     assert not (tmp_path / "out.pt").exists()
     before = pt.read_bytes()
     rc, _, err = call_script(capsys, "convert/keras_pickle_to_pt.py", pt)  # the default output is w.pt itself

@@ -29,7 +29,7 @@ def first_line(text: str, limit: int = 300) -> str:
 
 
 def check_count(option: str, value) -> None:
-    """The one check of a count option (--epochs, --batch-size, ...): a whole number, at least 1."""
+    """The one check of a count (`epochs`, `batch_size`, ...): a whole number, at least 1."""
     if value < 1:
         raise UserError(f"{option} must be at least 1, got {value}")
 

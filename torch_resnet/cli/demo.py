@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..training import train
-from ..training.config import TrainConfig, command_line
+from ..training.config import TrainConfig
+from .finetune import command_line
 from ..conversion.convert import convert_pickle
 from ..data.cifar import CIFAR10
 from ..errors import UserError

@@ -9,8 +9,9 @@ curves.png, checkpoint.pt (after every epoch). A stopped run continues with its 
     python train/finetune.py --resume --out runs/full
 """
 import argparse
+from dataclasses import fields
 
-from .shell import ArgumentParser, cli
+from .shell import ArgumentParser, cli, option_value
 from ..training import train
 from ..training.checkpoint import resume_config
 from ..training.config import AMP_MODES, COMPILE_MODES, DEFAULT_LR, HEAD_LR, RECIPES, TrainConfig
@@ -82,3 +83,23 @@ def main(argv=None, prog=None):
     train.main(parse_args(argv, prog))
     return 0
 
+
+def flag(field: str) -> str:
+    """A field's option: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
+
+
+def command_line(cfg: TrainConfig) -> list[str]:
+    """train/finetune.py's arguments for ``cfg``: the options that differ from the defaults."""
+    default, args = TrainConfig(), []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if f.name in ("augment", "download", "channels_last") and value is False:
+            args.append(flag(f.name).replace("--", "--no-"))
+        elif value is True or f.name == "compile" and value == "default":
+            args.append(flag(f.name))
+        elif value is not None:
+            args += option_value(flag(f.name), f"{value:g}" if isinstance(value, float) else value)
+    return args

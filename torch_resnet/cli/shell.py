@@ -3,7 +3,9 @@ statuses (``cli``), SIGTERM handled as Ctrl-C, commands written so that they pas
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
+import re
 import shlex
 import signal
 import sys
@@ -58,6 +60,47 @@ def shell_command(script: str, args=(), python: str = "python") -> str:
     return shlex.join([*head, *map(str, args)])
 
 
+# The library names a parameter `name` or `name=value` and a call `tr.function(...)`, as the Python
+# API spells them; the command line shows its own options and commands in their place.
+PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+CALL = re.compile(r"`tr\.(\w+)\((.*?)\)`")
+CALL_SCRIPTS = {"from_keras": ("convert/keras_pickle_to_pt.py", {"out": "-o"}),
+                "to_keras": ("convert/pt_to_keras_pickle.py", {"path": "-o"}),
+                "finetune": ("train/finetune.py", {}), "evaluate": ("train/evaluate.py", {}),
+                "report": ("train/report.py", {"out": "-o"})}
+
+
+def to_shell(text: str) -> str:
+    """A library message as the command line says it: `batch_size` -> --batch-size, `freeze=True`
+    -> --freeze, `augment=False` -> --no-augment, `val_size=0.1` -> --val-size 0.1,
+    `tr.finetune(resume=True, out='runs/x')` -> python train/finetune.py --resume --out runs/x."""
+    return PARAMETER.sub(lambda m: " ".join(option_words(m.group(1), m.group(2))),
+                         CALL.sub(lambda m: shell_call(m.group(1), m.group(2)), text))
+
+
+def option_words(name: str, value: str | None, spelled: dict | None = None) -> list[str]:
+    flag = (spelled or {}).get(name, "--" + name.replace("_", "-"))
+    if value is None or value == "True":
+        return [flag]
+    if value == "False":
+        return ["--no-" + name.replace("_", "-")]
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    return option_value(flag, value)
+
+
+def shell_call(function: str, arguments: str) -> str:
+    """``tr.function(args, name=value)`` as the script's command line (positional words first)."""
+    script, spelled = CALL_SCRIPTS[function]
+    call = ast.parse(f"f({arguments})", mode="eval").body
+    words = [str(ast.literal_eval(a)) for a in call.args]
+    for k in call.keywords:
+        words += option_words(k.arg, ast.unparse(k.value), spelled)
+    return shell_command(script, words)
+
+
 def option_value(name: str, value) -> list[str]:
     """An option and its value as command-line words: ``--out=-x`` where the value starts with
     "-" (argparse takes ``--out -x`` for two options)."""
@@ -84,13 +127,13 @@ def cli(main):
         try:
             return main(argv, **kwargs)
         except UserError as e:
-            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
+            print(f"error: {' '.join(to_shell(str(e)).split())}", file=sys.stderr)  # one line, whatever it held
         except OSError as e:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             print(f"error: {first_line(str(e.strerror or e))}{where}", file=sys.stderr)
         except KeyboardInterrupt as e:  # a KeyboardInterrupt("...") says how to go on
             what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            print(f"error: {what}{f'; {e}' if str(e) else ''}", file=sys.stderr)
+            print(f"error: {what}{f'; {to_shell(str(e))}' if str(e) else ''}", file=sys.stderr)
             return 143 if isinstance(e, Terminated) else 130
         finally:
             if in_main_thread:

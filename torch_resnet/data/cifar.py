@@ -127,7 +127,7 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
 def split_train_val(data: CifarSplit, val_size: int, seed: int) -> tuple[CifarSplit, CifarSplit]:
     """Hold out ``val_size`` images, chosen by a seeded permutation, as the validation set."""
     if not 0 < val_size < len(data.labels):
-        raise UserError(f"--val-size {val_size} must be between 1 and {len(data.labels) - 1} images (the training "
+        raise UserError(f"`val_size={val_size}` must be between 1 and {len(data.labels) - 1} images (the training "
                         f"set has {len(data.labels):,}); a fraction such as 0.1 holds out a tenth of any set")
     perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:val_size], perm[val_size:]

@@ -12,7 +12,6 @@ import torch
 from . import safetensors_io
 from .keras_names import names_sidecar, read_names
 from ..errors import UserError
-from ..cli.shell import shell_command
 from ..model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
@@ -159,4 +158,4 @@ def keras_pickle(path) -> None:
     if kind is None:
         return  # not Keras weights either: the caller says what it is not
     raise UserError(f"{path} is {kind}, not a PyTorch state dict: convert it first with "
-                    f"{shell_command('convert/keras_pickle_to_pt.py', [path])} (it writes {converted_name(path)})")
+                    f"`tr.from_keras({str(path)!r}, out={str(converted_name(path))!r})`")

@@ -15,13 +15,12 @@ import numpy as np
 from ..errors import UserError
 from .keras_config import check_config
 from .keras_h5 import Reader, is_keras2, read_keras2, read_keras3
+from .safe_pickle import NEEDS_NO_CONVERSION
 
 HDF5_MAGIC, ZIP_MAGIC = b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"
 MAX_WEIGHTS_ENTRY = 100 * 2**20  # a .keras's model.weights.h5, optimizer state included (52 MB with Adam)
 MAX_CONFIG_ENTRY = 2**20
 NOT_KERAS = "not a Keras pickle, .keras or .h5"
-NEEDS_NO_CONVERSION = ("it needs no conversion; train/finetune.py --weights and train/evaluate.py --weights take it "
-                       "(convert/pt_to_keras_pickle.py turns it back into Keras weights)")
 
 
 @dataclass

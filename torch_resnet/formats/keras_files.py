@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .isolation import read_isolated
-from .keras_containers import HDF5_MAGIC, NEEDS_NO_CONVERSION, NOT_KERAS, ZIP_MAGIC, KerasFile
+from .keras_containers import HDF5_MAGIC, NOT_KERAS, ZIP_MAGIC, KerasFile
+from .safe_pickle import NEEDS_NO_CONVERSION
 from .safe_pickle import load_array_dict
 from .safetensors_io import is_safetensors
 

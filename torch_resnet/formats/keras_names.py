@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import safetensors_io
 
-NAMES_HINT = "pass --keras3-names to ignore it"
+NAMES_HINT = "pass `keras3_names=True` to ignore it"
 
 
 def names_sidecar(pt_path) -> Path:

@@ -84,6 +84,8 @@ def safe_load(path, encoding: str = "ASCII"):
         raise UserError(f"{path}: not a readable pickle ({type(e).__name__}{': ' * bool(detail)}{detail})") from None
 
 
+NEEDS_NO_CONVERSION = ("it needs no conversion: fine-tuning and evaluation take it as `weights` (the export "
+                       "turns it back into Keras weights)")
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first thing pickled by torch.save's pre-1.6 format
 
 
@@ -93,9 +95,7 @@ def load_array_dict(path) -> dict[str, np.ndarray]:
         zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive; a pickle is not
     obj = None if zipped else safe_load(path)
     if zipped or (isinstance(obj, int) and obj == TORCH_LEGACY_MAGIC):
-        raise UserError(f"{path} is a PyTorch file (torch.save), not a Keras pickle: it needs no conversion; "
-                        f"train/finetune.py --weights and train/evaluate.py --weights take it "
-                        f"(convert/pt_to_keras_pickle.py turns a state dict back into a Keras pickle)")
+        raise UserError(f"{path} is a PyTorch file (torch.save), not a Keras pickle: {NEEDS_NO_CONVERSION}")
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of Keras variable names to arrays, got {type(obj).__name__}")
     problems = Problems()

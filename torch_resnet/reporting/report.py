@@ -263,7 +263,7 @@ def write_report(folders, out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file, not a folder")
-    refuse_run_folder(out, "-o")
+    refuse_run_folder(out, "`out`")
     markdown, html, pngs = render_report(runs)
     for file, data in pngs.items():
         atomic_write(out / file, lambda tmp, data=data: Path(tmp).write_bytes(data))

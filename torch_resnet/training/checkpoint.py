@@ -13,7 +13,6 @@ from filelock import FileLock, Timeout
 
 from .config import DEFAULT_LR, TrainConfig, option
 from ..errors import UserError
-from ..cli.shell import option_value, shell_command
 from ..formats.files import names_sidecar, save_torch
 from ..model import ResidualNetwork
 from .outputs import RUN_FILES, check_epoch_rows
@@ -75,24 +74,24 @@ def saved_options(saved: dict, path: Path) -> dict:
 
 
 def unreadable(path: Path, why: str) -> UserError:
-    return UserError(f"--resume: {path} is not a readable checkpoint of this trainer ({why})")
+    return UserError(f"`resume=True`: {path} is not a readable checkpoint of this trainer ({why})")
 
 
-SAID = {("augment", True): "augmentation (no --no-augment)", ("augment", False): "--no-augment",
-        ("channels_last", None): "the default memory layout", ("channels_last", False): "--no-channels-last"}
+SAID = {("augment", True): "augmentation (no `augment=False`)", ("augment", False): "`augment=False`",
+        ("channels_last", None): "the default memory layout", ("channels_last", False): "`channels_last=False`"}
 
 
 def as_option(field: str, value, regime: str) -> str:
-    """An option's value as it is written on the command line (or left out)."""
+    """An option's value as it is given (or left out), for a message."""
     if (field, value) in SAID:
         return SAID[field, value]
     if field == "lr" and value is None:
-        return f"the default --lr ({DEFAULT_LR[regime]:g})"
+        return f"the default `lr` ({DEFAULT_LR[regime]:g})"
     if value is None or value is False:
-        return f"no {option(field)}" if field != "head_lr" else "the default --head-lr"
+        return f"no {option(field)}" if field != "head_lr" else "the default `head_lr`"
     if value is True:
-        return option(field)
-    return f"{option(field)} {value:g}" if isinstance(value, float) else f"{option(field)} {value}"
+        return f"`{field}=True`"
+    return f"`{field}={value:g}`" if isinstance(value, float) else f"`{field}={value!r}`"
 
 
 def refuse_changes(saved: dict, cfg: TrainConfig, folder: Path) -> None:
@@ -100,8 +99,8 @@ def refuse_changes(saved: dict, cfg: TrainConfig, folder: Path) -> None:
     for key, value in asdict(cfg).items():
         if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
             was = as_option(key, saved.get(key), "freeze" if saved.get("freeze") else "full")
-            raise UserError(f"--resume: {folder} was started with {was}, not {as_option(key, value, cfg.regime)}; "
-                            f"leave {option(key)} out to continue it as it was, or start a new run with another --out")
+            raise UserError(f"`resume=True`: {folder} was started with {was}, not {as_option(key, value, cfg.regime)}; "
+                            f"leave {option(key)} out to continue it as it was, or start a new run with another `out`")
 
 
 def resume_config(given: dict) -> TrainConfig:
@@ -145,7 +144,8 @@ def load_checkpoint(ckpt: dict, path: Path, stepper, cfg: TrainConfig) -> tuple[
 
 
 def resume_command(out: Path) -> str:
-    return shell_command("train/finetune.py", ["--resume", *option_value("--out", out)])
+    """How to continue the run in ``out`` (the command line shows its command)."""
+    return f"`tr.finetune(resume=True, out={str(out)!r})`"
 
 
 def run_folder(cfg: TrainConfig) -> Path:
@@ -153,14 +153,18 @@ def run_folder(cfg: TrainConfig) -> Path:
     is finished), replaced (--overwrite) or refused."""
     out = cfg.out_dir
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+        raise UserError(f"`out` {out} is a file, not a folder")
     earlier = [n for n in ("checkpoint.pt", "model.pt", "metrics.json") if (out / n).exists()]
+    finished = (out / "metrics.json").exists()
+    if earlier and finished and not (cfg.resume or cfg.overwrite):  # resuming it would only be refused
+        raise UserError(f"{out} already holds a finished run (metrics.json); pass `overwrite=True` to replace it, "
+                        f"or another `out`")
     if earlier and not (cfg.resume or cfg.overwrite):
-        raise UserError(f"{out} already holds a run ({earlier[0]}); pass --resume to continue it, --overwrite "
-                        f"to start again, or another --out")
-    if cfg.resume and (out / "metrics.json").exists():
-        raise UserError(f"{out} holds a finished run (tested, metrics.json written): --resume has nothing to "
-                        f"continue and changed nothing; start a new run with another --out (or --overwrite to "
+        raise UserError(f"{out} already holds a run ({earlier[0]}); pass `resume=True` to continue it, "
+                        f"`overwrite=True` to start again, or another `out`")
+    if cfg.resume and finished:
+        raise UserError(f"{out} holds a finished run (tested, metrics.json written): `resume=True` has nothing to "
+                        f"continue and changed nothing; start a new run with another `out` (or `overwrite=True` to "
                         f"replace this one)")
     if cfg.resume and not (out / "checkpoint.pt").exists():
         raise UserError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
@@ -191,7 +195,7 @@ def hold_run_folder(cfg: TrainConfig, writer: bool = True):
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot create `out` {out}: {e.strerror or e}") from None
     lock = FileLock(out / ".lock", timeout=0)
     try:
         lock.acquire()
@@ -199,7 +203,7 @@ def hold_run_folder(cfg: TrainConfig, writer: bool = True):
         raise UserError(f"{out} is in use by another run (it holds {out / '.lock'}); wait for it to end, "
                         f"or choose another --out") from None
     except OSError as e:
-        raise UserError(f"cannot lock --out {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot lock `out` {out}: {e.strerror or e}") from None
     try:
         run_folder(cfg)  # again, now that no other run can change it
         yield out

@@ -6,7 +6,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import UserError, check_count
-from ..cli.shell import option_value
 from ..formats.files import DEFAULT_STATE_DICT
 
 DEFAULT_LR = {"freeze": 1e-3, "full": 1e-5}
@@ -48,26 +47,27 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every"):
             check_count(option(name), getattr(self, name))
         if not (self.val_size == 0 or 0 < self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer()):
-            raise UserError(f"--val-size must be a fraction below 1 (0.1: a tenth of the training images), a whole "
+            raise UserError(f"`val_size` must be a fraction below 1 (0.1: a tenth of the training images), a whole "
                             f"number of images, or 0 (no validation); got {self.val_size}")
         if self.recipe not in RECIPES:
-            raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+            raise UserError(f"`recipe` must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for name in ("lr", "head_lr"):
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:  # also refuses NaN; above 1 AdamW only diverges
                 raise UserError(f"{option(name)} must be a number in (0, 1], got {v}")
         if not 0 <= self.seed < 2**32:
-            raise UserError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
+            raise UserError(f"`seed` must be between 0 and 2**32 - 1, got {self.seed}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            raise UserError(f"`weight_decay` must be >= 0, got {self.weight_decay}")
         if self.amp not in AMP_MODES:
-            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+            raise UserError(f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.freeze and self.init_from:
-            raise UserError("--init-from starts the full regime from a --freeze run; it cannot be used with --freeze")
+            raise UserError("`init_from` starts the full regime from a `freeze=True` run; it cannot be used with "
+                            "`freeze=True`")
         if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+            raise UserError(f"`compile` must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.out == "":
-            raise UserError("--out must name a folder")
+            raise UserError("`out` must name a folder")
 
     def val_count(self, n: int) -> int:
         """How many of ``n`` training images are held out for validation."""
@@ -97,21 +97,5 @@ def check_types(cfg: TrainConfig) -> None:
 
 
 def option(field: str) -> str:
-    """The command-line spelling of a field: ``batch_size`` -> ``--batch-size``."""
-    return "--" + field.replace("_", "-")
-
-
-def command_line(cfg: TrainConfig) -> list[str]:
-    """train/finetune.py's arguments for ``cfg``: the options that differ from the defaults."""
-    default, args = TrainConfig(), []
-    for f in fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if value == getattr(default, f.name):
-            continue
-        if f.name in ("augment", "download", "channels_last") and value is False:
-            args.append(option(f.name).replace("--", "--no-"))
-        elif value is True or f.name == "compile" and value == "default":
-            args.append(option(f.name))
-        elif value is not None:
-            args += option_value(option(f.name), f"{value:g}" if isinstance(value, float) else value)
-    return args
+    """A field named in a message, as the API names it (the command line shows ``--batch-size``)."""
+    return f"`{field}`"

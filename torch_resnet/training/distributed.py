@@ -18,11 +18,11 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+        raise UserError(f"`device={name!r}` is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
+        raise UserError(f"`device={name!r}`: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here (use --device cpu)")
+        raise UserError(f"`device={name!r}`: CUDA is not available here (use `device='cpu'`)")
     return device
 
 
@@ -57,8 +57,8 @@ def distributed(device_name: str):
         yield RunContext(device)
         return
     if device.index is not None:
-        raise UserError(f"--device {device_name}: under torchrun each rank takes cuda:LOCAL_RANK; "
-                        f"use --device auto, cuda or cpu")
+        raise UserError(f"`device={device_name!r}`: under torchrun each rank takes cuda:LOCAL_RANK; "
+                        f"use `device='auto'`, `device='cuda'` or `device='cpu'`")
     if device.type == "cuda":
         device = torch.device(f"cuda:{local}")
         torch.cuda.set_device(device)

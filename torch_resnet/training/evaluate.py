@@ -70,9 +70,9 @@ def evaluate(weights, *, shortcut_from_raw: bool = False, **options) -> dict:
 
 
 def check_options(batch_size: int, out) -> None:
-    check_count("--batch-size", batch_size)
+    check_count("`batch_size`", batch_size)
     if out is not None:
-        refuse_run_folder(out, "--out")
+        refuse_run_folder(out, "`out`")
 
 
 def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset: str | None = None, data_dir="data",
@@ -122,7 +122,7 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
 def keras_weights(keras_pickle, shortcut_from_raw: bool, num_classes: int) -> dict:
     """The Keras file's weights as a state dict, checked before the long work starts."""
     if importlib.util.find_spec("tensorflow") is None:
-        raise UserError("--keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
+        raise UserError("`keras` needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
     keras_state, mapping = keras_to_state_dict(read_keras_file(keras_pickle).arrays, shortcut_from_raw)
     if mapping.num_classes != num_classes:
         raise UserError(f"{keras_pickle}: {mapping.num_classes} classes, the weights have {num_classes}")

@@ -99,7 +99,7 @@ def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dt
     CUDA by compute capability (bf16 from 8.0, fp16 on 7.x, fp32 below), bf16 on CPUs with native
     bf16, else fp32; for evaluation always fp32."""
     if amp not in AMP_MODES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        raise UserError(f"`amp` must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "auto":
         if not training:
             return None
@@ -110,7 +110,7 @@ def amp_dtype(amp: str, device: torch.device, training: bool = True) -> torch.dt
     if amp == "off":
         return None
     if amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
+        raise UserError("`amp='fp16'` needs a CUDA device (use `amp='bf16'` or `amp='off'` on CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 

@@ -15,8 +15,7 @@ from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
 from ..errors import UserError
-from ..cli.shell import shell_command
-from ..formats.files import DEFAULT_STATE_DICT, load_model
+from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT, load_model
 from .frozen_batchnorm import freeze_batchnorm
 from .keras_recipe import keras_dense, keras_optimizer
 from ..model import FEATURES, ResidualNetwork
@@ -29,11 +28,11 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     source = Path(cfg.init_from or cfg.weights)
     if pretrained is None and source == DEFAULT_STATE_DICT and not source.is_file():
         raise UserError(f"no weights at {source}: convert the course pickle first "
-                        f"({shell_command('convert/keras_pickle_to_pt.py')}) or pass --weights")
+                        f"(`tr.from_keras({str(DEFAULT_PICKLE)!r}, out={str(source)!r})`) or pass `weights`")
     model = pretrained if pretrained is not None else load_model(source)
     if cfg.init_from is not None and model.num_classes != num_classes:
-        raise UserError(f"--init-from {source}: a {model.num_classes}-class model; it takes a --freeze run's "
-                        f"model.pt ({num_classes} classes); the converted network goes in --weights")
+        raise UserError(f"`init_from` {source}: a {model.num_classes}-class model; it takes a `freeze=True` run's "
+                        f"model.pt ({num_classes} classes); the converted network goes in `weights`")
     if cfg.init_from is None and cfg.recipe == "keras":  # glorot uniform kernel, zero bias
         model.head = keras_dense(FEATURES, num_classes, cfg.seed)
     elif cfg.init_from is None:

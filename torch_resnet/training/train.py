@@ -62,7 +62,7 @@ def train_one_epoch(stepper: Stepper, batches: DeviceBatches, epoch: int, *, log
 
 def check_finite(loss: float, epoch: int) -> None:
     if not math.isfinite(loss):
-        raise UserError(f"the training loss became non-finite in epoch {epoch + 1}; lower --lr "
+        raise UserError(f"the training loss became non-finite in epoch {epoch + 1}; lower `lr` "
                         f"(the last good checkpoint is kept)")
 
 
@@ -114,14 +114,14 @@ def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
     n_val = cfg.val_count(len(full_train.labels))
     train, val = split_train_val(full_train, n_val, cfg.seed) if n_val else (full_train, None)
     if len(train.labels) < ctx.world:  # every rank needs at least one image per epoch
-        raise UserError(f"--val-size {cfg.val_size} leaves {len(train.labels)} training images for "
+        raise UserError(f"`val_size={cfg.val_size}` leaves {len(train.labels)} training images for "
                         f"{ctx.world} processes; lower it")
     return train, val, test
 
 
 def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
     if cfg.batch_size % ctx.world:
-        raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
+        raise UserError(f"`batch_size={cfg.batch_size}` is the global batch; it must divide by the "
                         f"{ctx.world} processes")
     with hold_run_folder(cfg, writer=ctx.main) as out:  # held (locked) until the run ends
         return train_in(out, cfg, ctx, pretrained, data)
