@@ -34,7 +34,7 @@ def write_pickle(tmp_path, obj):
 def test_not_a_pickle(tmp_path, refused):
     src = tmp_path / "w.pkl"
     src.write_text("these are not the weights you are looking for\n")
-    refused(src, "not a readable pickle")
+    refused(src, "w.pkl is a text file, not Keras weights", "(it begins 'these are not the weights you")
 
 
 def test_truncated_pickle(tmp_path, good, refused):

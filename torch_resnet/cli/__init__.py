@@ -35,7 +35,10 @@ def usage() -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        try:
+            print(usage(), flush=True)
+        except BrokenPipeError:
+            return shell.output_closed()
         return 0
     if argv[0] == "--version":
         try:

@@ -29,7 +29,7 @@ def main(argv=None, prog=None):
     p.add_argument("--shortcut-from-raw", action="store_true",
                    help="the 1x1 shortcut reads the raw block input (default: the pre-activated one)")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="list every tensor, not every layer (and every problem of a file that does not fit)")
+                   help="list where each Keras tensor went (and every problem of a file that does not fit)")
     args = p.parse_args(argv)
     src = Path(args.weights)
     if not src.is_file():
@@ -47,7 +47,9 @@ def main(argv=None, prog=None):
             raise UserError(f"{e.lines()[0]} (and {len(e.more)} more; -v lists them all)") from None
         print("\n".join(f"error: {line}" for line in e.lines()), file=sys.stderr)
         return 2
-    print(format_report(arrays, mapping, args.verbose))
-    print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}")
+    if args.verbose:
+        print(format_report(arrays, mapping))
+    print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}"
+          + ("" if args.verbose else " (-v lists where each went)"))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import os
 import re
 import shlex
 import signal
@@ -116,6 +117,15 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
+def output_closed() -> int:
+    """Exit status 141 (SIGPIPE's) with the rest of the output discarded, as a shell tool does."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured)
+        pass
+    return 141
+
+
 def cli(main):
     """Decorate a script's ``main``: UserError (and OS errors on user paths) -> one line, exit 2;
     Ctrl-C -> exit 130 and SIGTERM -> exit 143, each with one line saying what was kept."""
@@ -126,6 +136,8 @@ def cli(main):
         previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
         try:
             return main(argv, **kwargs)
+        except BrokenPipeError:  # the output's reader stopped early (| head): nothing to say
+            return output_closed()
         except UserError as e:
             print(f"error: {' '.join(to_shell(str(e)).split())}", file=sys.stderr)  # one line, whatever it held
         except OSError as e:

@@ -68,14 +68,9 @@ def network_of(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False) -
     return model, mapping
 
 
-def format_report(arrays, mapping: Mapping, verbose: bool = False) -> str:
-    """Verbose: every tensor with shapes. Otherwise one line per layer."""
-    if verbose:
-        return "\n".join(f"{k}  {tuple(arrays[k].shape)}  ->  {t}" for k, t in mapping.pairs)
-    layers = {}
-    for k, t in mapping.pairs:
-        layers.setdefault(k.rsplit("/", 1)[0].rsplit(":", 1)[0], t.rsplit(".", 1)[0])
-    return "\n".join(f"{k}  ->  {t}" for k, t in layers.items())
+def format_report(arrays, mapping: Mapping) -> str:
+    """Every Keras tensor with its shape and the PyTorch tensor it went to, one per line."""
+    return "\n".join(f"{k}  {tuple(arrays[k].shape)}  ->  {t}" for k, t in mapping.pairs)
 
 
 def keras_to_model(keras: KerasFile, source, shortcut_from_raw: bool = False) -> tuple[ResidualNetwork, Mapping]:

@@ -102,11 +102,12 @@ def load_cifar(data_dir, fmt: CifarFormat, split: str, download: bool = True) ->
     """Read the ``train`` or ``test`` split of CIFAR-10/100 from its python-format folder."""
     root = find_or_download(data_dir, fmt, download)
     files = fmt.train_files if split == "train" else (fmt.test_file,)
-    parts = []
-    for name in files:
-        if not (root / name).is_file():
-            raise UserError(f"{root} is incomplete: {name} is missing")
-        parts.append(_read_batch(root / name, fmt))
+    missing = [n for n in (*fmt.train_files, fmt.test_file) if not (root / n).is_file()]
+    if missing:  # all of them named, and the way to mend it
+        archive = fmt.url.rsplit("/", 1)[1]
+        raise UserError(f"{root} is incomplete: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing; "
+                        f"extract {archive} into {Path(data_dir)} again, or delete {root} and let it be downloaded")
+    parts = [_read_batch(root / name, fmt) for name in files]
     names, stand_in = [f"class_{i}" for i in range(fmt.num_classes)], False
     if (root / fmt.meta_file).is_file():
         meta = safe_load(root / fmt.meta_file, encoding="bytes")

@@ -11,6 +11,7 @@ import torch
 
 from . import safetensors_io
 from .keras_names import names_sidecar, read_names
+from .safe_pickle import not_readable
 from ..errors import UserError
 from ..model import ResidualNetwork
 
@@ -86,12 +87,19 @@ def refuse_run_folder(folder, option: str) -> None:
                         f"(its files are the run's record): choose another folder")
 
 
+def missing_weights(path) -> UserError:
+    """A weights file that is not there; the default one is made by converting the course pickle."""
+    hint = (f": convert the course pickle first (`tr.from_keras({str(DEFAULT_PICKLE)!r}, out={str(path)!r})`)"
+            if Path(path) == DEFAULT_STATE_DICT else "")
+    return UserError(f"weights file {path} not found{hint}")
+
+
 def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
     """The ResidualNetwork in a state dict written by this project (weights only: no code runs),
     its head as wide as the file's; every tensor checked before it is used."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise missing_weights(path)
     try:
         with warnings.catch_warnings():  # the verdict below is the one line the user needs
             warnings.simplefilter("ignore")
@@ -99,10 +107,13 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
                      else torch.load(path, map_location="cpu", weights_only=True))
     except UserError:
         raise
-    except Exception as e:
+    except Exception as e:  # a user's file: whatever the reader meets in it, it is not a state dict
         keras_pickle(path)
         first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch's advice to load unsafely is left out
-        raise UserError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {first})") from None
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        raise not_readable(path, head, "a PyTorch state dict (.pt or .safetensors)",
+                           f"{type(e).__name__}: {first}") from e
     if not isinstance(state, dict) or "head.weight" not in state:
         raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
     for key, value in state.items():

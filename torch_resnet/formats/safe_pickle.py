@@ -67,10 +67,39 @@ def _check_structure(data: bytes) -> None:
         raise UserError(f"not a readable pickle, truncated or damaged ({first_line(str(e))})") from None
 
 
-def safe_load(path, encoding: str = "ASCII"):
+def text_file(data: bytes) -> str | None:
+    """What a file that parses as nothing is, when it is text: "an empty file", "a web page (HTML)"
+    (a download that got an error page), "a text file"; None for binary data."""
+    if not data.strip():
+        return "an empty file"
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not a multi-byte character cut at the end
+            return None
+        text = head[:e.start].decode("utf-8")
+    if "\x00" in text or sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) // 100:
+        return None
+    if text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        return "a web page (HTML; a download that went wrong?)"
+    return "a text file"
+
+
+def not_readable(path, data: bytes, what: str, detail: str) -> UserError:
+    """The refusal of a file that is not ``what``: what it is instead when that is plain."""
+    text = text_file(data)
+    if text is not None:
+        begins = first_line(data[:60].decode("utf-8", errors="replace"), 40)
+        return UserError(f"{path} is {text}, not {what}" + (f" (it begins {begins!r})" if begins else ""))
+    return UserError(f"{path}: not {what} ({detail})")
+
+
+def safe_load(path, encoding: str = "ASCII", what: str = "a pickle"):
     """Unpickle ``path`` allowing only numpy arrays, dicts, lists and plain values.
 
-    ``encoding="bytes"`` reads Python 2 pickles such as the CIFAR batches.
+    ``encoding="bytes"`` reads Python 2 pickles such as the CIFAR batches. ``what``: what the file
+    should have been, for the message when it is plain text instead.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -78,10 +107,12 @@ def safe_load(path, encoding: str = "ASCII"):
         _check_structure(data)
         return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
     except UserError as e:
+        if str(e).startswith("not a readable pickle") and text_file(data) is not None:
+            raise not_readable(path, data, what, "") from None
         raise UserError(f"{path}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all: every parser error means the same
         detail = first_line(str(e))
-        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}{': ' * bool(detail)}{detail})") from None
+        raise not_readable(path, data, what if text_file(data) else "a readable pickle", f"{type(e).__name__}{': ' * bool(detail)}{detail}") from None
 
 
 NEEDS_NO_CONVERSION = ("it needs no conversion: fine-tuning and evaluation take it as `weights` (the export "
@@ -93,7 +124,7 @@ def load_array_dict(path) -> dict[str, np.ndarray]:
     """Read ``path`` as a pickled dict from str to numpy array, refusing anything else."""
     with open(path, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive; a pickle is not
-    obj = None if zipped else safe_load(path)
+    obj = None if zipped else safe_load(path, what="Keras weights (a pickle, .keras or .h5)")
     if zipped or (isinstance(obj, int) and obj == TORCH_LEGACY_MAGIC):
         raise UserError(f"{path} is a PyTorch file (torch.save), not a Keras pickle: {NEEDS_NO_CONVERSION}")
     if not isinstance(obj, dict):

@@ -31,14 +31,16 @@ class RunContext:
     device: torch.device
     rank: int = 0
     world: int = 1
-    quiet: bool = False  # the Python API's runs: the first line only (tqdm bars show progress)
+    quiet: bool = False  # the Python API's runs: the first line and a line per epoch only
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def print(self, *args, first_line: bool = False):
-        if self.main and (first_line or not self.quiet):
+    def print(self, *args, first_line: bool = False, progress: bool = False):
+        """Rank 0 prints; a quiet run only its first line and its progress (a line per epoch: tqdm's
+        bar shows only on a terminal, and a script's log or a notebook needs to see the run go on)."""
+        if self.main and (first_line or progress or not self.quiet):
             print(*args, flush=True)
 
 

@@ -15,10 +15,17 @@ from torch import nn
 
 from .config import DEFAULT_LR, HEAD_LR, TrainConfig
 from ..errors import UserError
-from ..formats.files import DEFAULT_PICKLE, DEFAULT_STATE_DICT, load_model
+from ..formats.files import load_model, missing_weights
 from .frozen_batchnorm import freeze_batchnorm
 from .keras_recipe import keras_dense, keras_optimizer
 from ..model import FEATURES, ResidualNetwork
+
+
+def check_weights_exist(cfg: TrainConfig) -> None:
+    """The weights a run starts from are there (said first, before anything about the run's folder)."""
+    source = Path(cfg.init_from or cfg.weights)
+    if not (source.is_file() or cfg.resume):  # a resumed run takes every weight from its checkpoint
+        raise missing_weights(source)
 
 
 def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualNetwork | None = None
@@ -26,9 +33,8 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     """Pretrained backbone + new seeded head (or a --freeze run's head), set up for the regime.
     The network comes from ``cfg.init_from`` / ``cfg.weights`` unless ``pretrained`` is given."""
     source = Path(cfg.init_from or cfg.weights)
-    if pretrained is None and source == DEFAULT_STATE_DICT and not source.is_file():
-        raise UserError(f"no weights at {source}: convert the course pickle first "
-                        f"(`tr.from_keras({str(DEFAULT_PICKLE)!r}, out={str(source)!r})`) or pass `weights`")
+    if pretrained is None:
+        check_weights_exist(cfg)
     model = pretrained if pretrained is not None else load_model(source)
     if cfg.init_from is not None and model.num_classes != num_classes:
         raise UserError(f"`init_from` {source}: a {model.num_classes}-class model; it takes a `freeze=True` run's "

@@ -9,6 +9,7 @@ and rank 0 writes (``distributed.py``); checkpoints in ``checkpoint.py``, output
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
+if importlib.util.find_spec("ipywidgets") is not None:
+    from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
+else:  # tqdm.auto would warn "IProgress not found" in a notebook; there the epoch lines show progress
+    from tqdm import tqdm
 
 from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, read_checkpoint, resume_command,
                          save_checkpoint)
@@ -34,7 +38,7 @@ from .memory import peak_memory_bytes, step_memory_bytes
 from ..model import ResidualNetwork
 from .outputs import write_run
 from .performance import amp_dtype, describe, keep_freed_memory
-from .regimes import optimizer_for, prepare_model, trainable_parameters
+from .regimes import check_weights_exist, optimizer_for, prepare_model, trainable_parameters
 
 
 def train_one_epoch(stepper: Stepper, batches: DeviceBatches, epoch: int, *, log_every: int, desc: str = "",
@@ -120,6 +124,8 @@ def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
 
 
 def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
+    if pretrained is None:
+        check_weights_exist(cfg)
     if cfg.batch_size % ctx.world:
         raise UserError(f"`batch_size={cfg.batch_size}` is the global batch; it must divide by the "
                         f"{ctx.world} processes")
@@ -273,7 +279,8 @@ def train_and_validate(s: Session, epoch: int) -> None:
               + (f"val loss {val_loss:.4f} acc {val_acc:.4f}  " if s.val_batches else "")
               + f"lr {lr:.2e}  {seconds:.1f}s {row['images_per_sec']:.0f} img/s"
               + (f" (with computing the backbone features once, {s.cache_seconds:.1f}s)"
-                 if first and s.cache_seconds else " (on cached features)" if s.cache_seconds else ""))
+                 if first and s.cache_seconds else " (on cached features)" if s.cache_seconds else ""),
+              progress=True)
     if ctx.main:
         save_checkpoint(s.out / "checkpoint.pt", s.stepper, epoch=epoch, history=s.history, cfg=cfg,
                         replaces_earlier_run=cfg.overwrite and not cfg.resume and first)
