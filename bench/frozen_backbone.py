@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The measurement behind torch_resnet/training/performance.py's FROZEN_BACKBONE_RATES, for this CPU:
+"""The measurement behind torch_resnet/training/frozen_backbone_rates.json, for this CPU:
 the frozen backbone (inference, channels_last, the trainer's allocator setting) eager and compiled
 by inductor with freezing, and the seconds the compilation takes with an empty cache.
 
@@ -7,10 +7,11 @@ by inductor with freezing, and the seconds the compilation takes with an empty c
 
 The two are timed in alternating rounds and each rate is the median of its rounds: on a small
 shared machine one pass of each differs by 10 % from the next, as much as the gain measured.
-Prints the rates and the table entry; a CPU kind not yet in the table is worth adding (with the
-machine named in the comment above it), since the trainer compiles only where a row says it pays.
+Prints the rates and the entry for the data file; a CPU kind not yet there is worth adding (with the
+machine named in its "measured"), since the trainer compiles only where an entry says it pays.
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -23,7 +24,8 @@ import torch  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
 from torch_resnet.training.config import AMP_MODES  # noqa: E402
-from torch_resnet.training.performance import amp_dtype, autocast, cpu_kind, keep_freed_memory  # noqa: E402
+from torch_resnet.training.performance import (MEASURED_THREADS, amp_dtype, autocast, cpu_kind,  # noqa: E402
+                                                keep_freed_memory)
 from torch_resnet.training.frozen_backbone import compile_with_freezing  # noqa: E402
 from torch_resnet.training.frozen_batchnorm import freeze_batchnorm  # noqa: E402
 
@@ -65,9 +67,12 @@ def main(argv=None):
     print(f"{cpu_kind()} CPU, {threads} threads, {dtype or 'fp32'}, batch {args.batch_size}, torch {torch.__version__}: "
           f"eager {eager:,.0f} img/s, compiled with freezing {fast:,.0f} img/s ({fast / eager:.2f}x), "
           f"compiled in {compile_s:.1f} s")
-    scale = 2 / threads  # the table holds 2-thread rates
-    print(f"table entry: ({cpu_kind()!r}, {'torch.bfloat16' if dtype else None}): "
-          f"({eager * scale:.1f}, {fast * scale:.1f}, {compile_s:.1f}),")
+    scale = MEASURED_THREADS / threads  # the data file holds rates on its "threads"
+    entry = {"cpu": cpu_kind(), "precision": "bf16" if dtype else "fp32", "eager": round(eager * scale, 1),
+             "compiled": round(fast * scale, 1), "compile_seconds": round(compile_s, 1),
+             "measured": f"<the machine>, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}: "
+                         f"bench/frozen_backbone.py, median of {args.rounds} alternating rounds"}
+    print(f"entry for torch_resnet/training/frozen_backbone_rates.json: {json.dumps(entry)}")
     return 0
 
 

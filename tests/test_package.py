@@ -64,7 +64,7 @@ def test_wheel_and_sdist_pass_twine_and_the_wheel_runs_in_a_fresh_venv(tmp_path_
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.count("PASSED") == 2, r.stdout + r.stderr
 
-    package = {n for n in checkout_files() if n.startswith("torch_resnet/") and n.endswith(".py")}
+    package = {n for n in checkout_files() if n.startswith("torch_resnet/") and n.endswith((".py", ".json"))}
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     assert package <= in_wheel, package - in_wheel
     assert {n.split("/")[0] for n in in_wheel} == {"torch_resnet", f"torch_resnet-{VERSION}.dist-info"}, in_wheel

@@ -5,6 +5,7 @@ import json
 import pickle
 import re
 import runpy
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch_resnet.training.config import TrainConfig
 from torch_resnet.data.cifar import CIFAR10, find_or_download
 from torch_resnet.errors import UserError
 from torch_resnet.cli.shell import cli
+from torch_resnet.cli.shell import SCRIPTS as SCRIPT_COMMANDS
 from torch_resnet.data.synthetic import write_cifar
 
 FINETUNE = "train/finetune.py"
@@ -196,40 +198,123 @@ def test_keras_pickle_loads_as_an_array_dict(tmp_path):  # the converter's input
     assert list(load_array_dict(tmp_path / "k.pkl")) == ["dense/bias"]
 
 
-def readme_sections() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    return {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+NEEDS_TENSORFLOW = re.compile(r"--keras\b|keras_model|test_training_parity|--peer keras")
+KERAS_EXTRA = "pip install -e '.[keras]'"
 
 
-def test_the_readme_runs_on_the_demos_files_names_the_keras_extra_and_gives_each_run_its_folder():
-    sections = readme_sections()
-    after_demo = list(sections)[list(sections).index("Two commands for a fresh machine") + 1:]
-    assert len(after_demo) >= 8
-    for title in after_demo:
-        body = sections[title].split("\n", 1)[1]
-        assert re.search(r"\bdemo\b", body), f"README section {title!r} does not say how to run it on the demo's files"
-        if re.search(r"--keras\b|keras_model|test_training_parity|--peer keras", sections[title]):
-            assert "pip install -e '.[keras]'" in sections[title], f"README section {title!r} needs TensorFlow"
-    block = re.search(r"```bash\n(.*?)```", sections["Fine-tune on CIFAR-10"], re.S).group(1)
-    runs = [line for line in block.splitlines() if line.startswith("python train/finetune.py") and "--help" not in line]
-    outs = [re.search(r"--out (\S+)", line) for line in runs]
-    assert len(runs) == 3 and all(outs), runs  # without --out, two of them would write runs/full
-    assert len({o.group(1) for o in outs}) == 3, runs
+def sections(path: Path) -> dict[str, str]:
+    """A Markdown file's sections (## and ###) by title, each its heading line and text up to the next one."""
+    return {part.split("\n", 1)[0]: part for part in re.split(r"(?m)^#{2,3} ", path.read_text())[1:]}
 
 
-def test_git_ignores_every_path_the_readme_and_the_demo_write(tmp_path):
+def code_blocks(text: str, lang: str = "bash") -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+def commands(block: str) -> list[list[str]]:
+    """The commands of a bash block, as words: comments dropped, `a && b` split."""
+    out = []
+    for line in block.splitlines():
+        line = re.sub(r"(^|\s)#.*", "", line).strip()
+        for part in filter(None, (p.strip() for p in line.split("&&"))):
+            out.append(shlex.split(part))
+    return out
+
+
+def options_of(script: str) -> str:
+    """The source that defines a script's options: its cli module, or the script itself (bench/)."""
+    name = SCRIPT_COMMANDS.get(script)
+    return (ROOT / "torch_resnet" / "cli" / f"{name}.py").read_text() if name else (ROOT / script).read_text()
+
+
+def test_the_readme_is_short_runs_on_the_demos_files_and_names_the_keras_extra():
+    assert README.stat().st_size <= 10_000, f"README.md is {README.stat().st_size} bytes: move details into docs/"
+    readme = sections(README)
+    titles = list(readme)
+    assert titles[0] == "Two commands for a fresh machine", titles  # first, right after what it is
+    ci = (ROOT / ".ci/run").read_text().strip().splitlines()[-1]
+    assert [b.strip() for b in code_blocks(readme[titles[0]])][1] == ci, "the README's test command is not .ci/run's"
+    demo = readme["On the demo's files"]  # one paragraph, instead of a demo note in every section
+    assert "python train/demo.py" in demo and "torch-resnet demo" in demo, "the demo's paragraph names no demo command"
+    for path in [README, *DOCS]:
+        for title, body in sections(path).items():
+            # the README's sections by their whole text, the docs' by their commands
+            needs = body if path == README else "\n".join(code_blocks(body) + code_blocks(body, "python"))
+            if NEEDS_TENSORFLOW.search(needs):
+                assert KERAS_EXTRA in body, f"{path.name}: section {title!r} runs TensorFlow but does not say {KERAS_EXTRA}"
+
+
+def test_the_commands_in_the_readme_and_docs_exist_and_give_each_run_its_folder():
+    import torch_resnet
+    finetunes = 0
+    for path in [README, *DOCS]:
+        for block in code_blocks(path.read_text()):
+            outs = []
+            for words in commands(block):
+                if words[0] in ("python", "python3", ".venv/bin/python") and words[1:2] != ["-m"]:
+                    script, args = words[1], words[2:]
+                elif words[0] == "torch-resnet":
+                    script, args = next(s for s, c in SCRIPT_COMMANDS.items() if c == words[1]), words[2:]
+                elif words[0] == "bash" or words[:3] == [".venv/bin/python", "-m", "pytest"]:
+                    script, args = None, words[1:]
+                else:
+                    continue  # pip, source, venv: not this project's
+                for word in args:
+                    if re.fullmatch(r"(bench|tests|train|convert|\.ci)/[\w/.]+", word):
+                        assert (ROOT / word).is_file(), f"{path.name}: {word} does not exist ({' '.join(words)})"
+                if script is None:
+                    continue
+                assert (ROOT / script).is_file(), f"{path.name}: {script} does not exist"
+                source = options_of(script)
+                for option in (w.split("=")[0] for w in args if re.match(r"--?[a-z]", w) and w not in ("-h", "--help")):
+                    assert f'"{option}"' in source, f"{path.name}: {script} has no option {option} ({' '.join(words)})"
+                if script == "train/finetune.py" and not {"--help", "--resume"} & set(args):
+                    assert "--out" in args, f"{path.name}: {' '.join(words)} writes the default folder"
+                    outs.append(args[args.index("--out") + 1])
+            assert len(outs) == len(set(outs)), f"{path.name}: two fine-tuning runs write one folder: {outs}"
+            finetunes += len(outs)
+        for block in code_blocks(path.read_text(), "python"):
+            for name in re.findall(r"\btr\.(\w+)", block):
+                assert hasattr(torch_resnet, name), f"{path.name}: torch_resnet has no {name}"
+    assert finetunes >= 4
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    def anchors(path: Path) -> set[str]:  # GitHub's: lower case, punctuation dropped, spaces to hyphens
+        titles = re.findall(r"(?m)^#+ (.+)$", re.sub(r"```.*?```", "", path.read_text(), flags=re.S))
+        return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+    links = 0
+    for path in [README, *DOCS]:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{path.name}: link to {target}: no such file"
+            if anchor:
+                assert anchor in anchors(linked), f"{path.name}: link to {target}: no such heading"
+            links += 1
+    assert links >= 10
+
+
+def test_git_ignores_every_path_the_readme_the_docs_and_the_demo_write(tmp_path):
     # the project's .gitignore in a repository of the test's own: no checkout of ours needed
     shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    text = (ROOT / "README.md").read_text()
-    written = set(re.findall(r"(?:(?<![\w-])-o|--out|--json)[ =]([^\s`'\")]+)", text))
+    text = "\n".join(p.read_text() for p in [README, *DOCS])
+    written = set(re.findall(r"(?:(?<![\w-])-o|--out|--json|--keep)[ =]([^\s`'\")]+)", text))
+    written |= set(re.findall(r"pip wheel .*?-w ([^\s`]+)", text))
     written |= set(re.findall(r'\bout="([^"]+)"', text))  # the Python API's
     written |= set(re.findall(r'(?:to_keras|save)\([^,()]+, "([^"]+)"\)', text))
     demo = set(re.findall(r"""['"](?:-o|--out)['"], ['"]([^'"]+)['"]""", (ROOT / "torch_resnet/cli/demo.py").read_text()))
     assert demo  # the commands it prints
     written |= demo | {"demo/freeze"}  # the demo's own folder
     written = {p for p in written if not re.fullmatch(r"[A-Z]{2,}(\..*)?", p)}  # DIR, NAME.weights.h5: placeholders
-    assert {"report", "model.weights.h5", "model_keras.pkl", "runs/full", "W.safetensors"} <= written
+    assert {"report", "model.weights.h5", "model_keras.pkl", "runs/full", "W.safetensors", "dist"} <= written
     written |= {"weights/resnet_cifar100.pt", "model.pt", "demo/data"}  # defaults: the converter's, model.keras's
     paths = []
     for p in sorted(written):

@@ -45,7 +45,7 @@ def parse_args(argv=None, prog=None) -> TrainConfig:
                    help="AdamW's weight decay (--recipe default only)")
     p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
                    help="the training loop: default (AdamW, cosine decay) or keras (the Keras notebook's loop: "
-                        "Keras' Adam rule, constant --lr for every trained tensor, Keras Dense head init; see README)")
+                        "Keras' Adam rule, constant --lr for every trained tensor, Keras Dense head init; see docs/training.md)")
     p.add_argument("--val-size", type=val_size, default=d.val_size,
                    help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
                         "0: none, train on all")

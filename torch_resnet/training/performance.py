@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import platform
 import sys
 from pathlib import Path
@@ -50,20 +51,23 @@ def cpu_kind() -> str:
     return torch.backends.cpu.get_cpu_capability().lower()
 
 
-# The frozen backbone (the freeze regime's constant function), batch 256, channels_last, with
-# the trainer's allocator setting, on 2 CPU cores: (eager img/s, img/s compiled by inductor with
-# freezing, seconds the compilation took), by CPU kind and training precision. Freezing makes the
-# weights constants: each BatchNorm folds into the convolution before it, SiLU and the residual
-# add fuse into the convolutions, oneDNN's weights are packed once. Kinds and precisions not here
-# are not known to pay: their backbone runs eagerly.
-#   Xeon (Sapphire Rapids, AMX), torch 2.14.1: probe of issue 16 (eager 1,013, compiled 1,408)
-#   AMD EPYC, AVX2 only, torch 2.14.1, 2026-11-28: bench/frozen_backbone.py, median of 9 alternating
-#     rounds of two runs (single passes ranged 66-101 img/s on this shared 2-core machine)
-#   Zen 4 (avx512_bf16), fp32 only: 72 eager, 68 compiled per core (issue 8), bf16 not measured
-FROZEN_BACKBONE_RATES = {
-    ("amx", torch.bfloat16): (1013.0, 1408.0, 7.0),
-    ("avx2", None): (89.0, 90.0, 31.0),
-}
+# Compiling the frozen backbone with inductor freezing makes the weights constants: each BatchNorm
+# folds into the convolution before it, SiLU and the residual add fuse into the convolutions,
+# oneDNN's weights are packed once. Whether that pays is measured, per CPU kind and precision, by
+# bench/frozen_backbone.py; the measurements are data beside this module.
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def measured_rates(path: Path = Path(__file__).with_name("frozen_backbone_rates.json")) -> tuple[dict, int]:
+    """({(cpu kind, autocast dtype): (eager img/s, compiled img/s, compile seconds)}, the threads they were
+    measured on)."""
+    data = json.loads(path.read_text())
+    rates = {(r["cpu"], PRECISIONS[r["precision"]]): (r["eager"], r["compiled"], r["compile_seconds"])
+             for r in data["rates"]}
+    return rates, data["threads"]
+
+
+FROZEN_BACKBONE_RATES, MEASURED_THREADS = measured_rates()
 # A smaller gain is inside what one machine's passes differ by (10 % on the 2-core EPYC): no gain.
 MIN_GAIN = 0.05
 
@@ -83,7 +87,7 @@ def compile_frozen_backbone(device: torch.device, dtype: torch.dtype | None, ima
     gain = compiled / eager - 1
     if gain < MIN_GAIN:
         return False, f"compiled measured {gain:+.0%} on {where}, under the {MIN_GAIN:.0%} that counts as a gain"
-    saved = images * (1 / eager - 1 / compiled) * 2 / torch.get_num_threads()
+    saved = images * (1 / eager - 1 / compiled) * MEASURED_THREADS / torch.get_num_threads()
     pays = saved > compile_s
     return pays, (f"{gain:+.0%} measured on {where}: {images:,} images save about {saved:.0f} s "
                   f"{'for' if pays else 'against'} {compile_s:.0f} s of compilation")
