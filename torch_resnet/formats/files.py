@@ -101,8 +101,8 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
     if not path.is_file():
         raise missing_weights(path)
     try:
-        with warnings.catch_warnings():  # the verdict below is the one line the user needs
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # torch's own complaints about a damaged file: the verdict
+            warnings.simplefilter("ignore", UserWarning)  # below is the one line the user needs
             state = (safetensors_io.read(path) if safetensors_io.is_safetensors(path)
                      else torch.load(path, map_location="cpu", weights_only=True))
     except UserError:

@@ -38,12 +38,18 @@ CHECKPOINT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler
                     "history": list, "config": dict}
 
 
+# What loading a checkpoint's parts into the network, optimizer, schedule and scaler raises when
+# they do not fit (load_state_dict's RuntimeError and KeyError, a part of the wrong type or shape);
+# anything else is a bug of ours and goes up as it is.
+UNFIT = (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint in ``path``, checked (parts, types, history) before anything uses it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, or one of another model: all mean the same
-        raise unreadable(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
+    except Exception as e:  # a user's file, damaged any way: all mean the same (the cause kept, chained)
+        raise unreadable(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from e
     if not isinstance(ckpt, dict):
         raise unreadable(path, f"a {type(ckpt).__name__}")
     for part, kind in CHECKPOINT_PARTS.items():
@@ -124,8 +130,8 @@ def checkpoint_model(ckpt: dict, path: Path) -> ResidualNetwork:
         model = ResidualNetwork(head.shape[0])
         model.load_state_dict(state)
         return model
-    except Exception as e:
-        raise unreadable(path, f"no ResidualNetwork: {type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
+    except UNFIT as e:
+        raise unreadable(path, f"no ResidualNetwork: {type(e).__name__}: {' '.join(str(e).split())[:120]}") from e
 
 
 def load_checkpoint(ckpt: dict, path: Path, stepper, cfg: TrainConfig) -> tuple[list, int, str | None]:
@@ -139,8 +145,8 @@ def load_checkpoint(ckpt: dict, path: Path, stepper, cfg: TrainConfig) -> tuple[
         stepper.scaler.load_state_dict(ckpt["scaler"])
         names = ckpt.get("keras_names")
         return list(ckpt["history"]), int(ckpt["epoch"]) + 1, names if isinstance(names, str) else None
-    except Exception as e:  # truncated, not a checkpoint, or one of another model: all mean the same
-        raise unreadable(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
+    except UNFIT as e:  # not a checkpoint of this trainer, or one of another model: all mean the same
+        raise unreadable(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from e
 
 
 def resume_command(out: Path) -> str:
