@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import warnings
 
 import numpy as np
 
@@ -60,9 +61,11 @@ def _check_structure(data: bytes) -> None:
     a writer numbers its memo 0, 1, 2..., so an index above the opcodes read so far is damage.
     """
     try:
-        for count, (op, arg, _) in enumerate(pickletools.genops(data)):
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > count:
-                raise ValueError(f"memo index {arg} at opcode {count}")
+        with warnings.catch_warnings():  # genops decoding a damaged STRING warns "invalid escape sequence"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for count, (op, arg, _) in enumerate(pickletools.genops(data)):
+                if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > count:
+                    raise ValueError(f"memo index {arg} at opcode {count}")
     except (ValueError, OverflowError) as e:  # genops' words: "expected N bytes ... but only M remain"
         raise UserError(f"not a readable pickle, truncated or damaged ({first_line(str(e))})") from None
 
