@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import queue
 import runpy
@@ -13,6 +14,14 @@ import pytest
 # this file too and would pay seconds for them while both cores wait for it.
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = []  # (what, value) lines printed at the end of the run
+# The tests marked keras (the session's Keras process, the bench's Keras peer) need what the test
+# extra installs: TensorFlow, Keras 3 and tf-keras. Where one is missing they are skipped, saying
+# so; where TORCH_RESNET_REQUIRE_KERAS=1 (.ci/run) they fail instead, so that CI never passes
+# without them. Found, not imported: TensorFlow stays out of pytest.
+MISSING_KERAS = [name for name in ("tensorflow", "keras", "tf_keras") if importlib.util.find_spec(name) is None]
+REQUIRE_KERAS = os.environ.get("TORCH_RESNET_REQUIRE_KERAS", "") not in ("", "0")
+KERAS_MISSING = (f"needs TensorFlow and Keras: {', '.join(MISSING_KERAS)} not installed "
+                 "(pip install -e '.[test]')")
 # Under pytest-xdist each worker takes its share of the cores, and so do the scripts it runs as
 # processes: a script then computes what the worker computes, bit for bit (resume after a kill).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
@@ -148,6 +157,16 @@ KERAS_MODULES = {"test_api.py", "test_convert_errors.py", "test_evaluate.py", "t
 RUN_MODULES = {"test_distributed.py", "test_finetune.py", "test_run_record.py"}
 
 
+# Tiers (markers registered in pyproject.toml): `pytest -m "not slow"` is the fast tier. A test is
+# slow for what it does, each of which takes seconds: it starts a Python process (our scripts,
+# torchrun, pip, a notebook's kernel), compiles (torch.compile), or trains a run to its end; and so
+# is a test that uses a fixture that does (the session's Keras process, a session or module run).
+# The test modules mark what their tests and their own fixtures do; the fixtures below mark the
+# tests that use them.
+FIXTURE_MARKS = {"keras_process": ("keras", "slow"),  # TensorFlow in a child process: ~20 s to start
+                 "freeze_run": ("slow",), "full_run": ("slow",)}  # a fine-tuning run each
+
+
 def module(item):
     return Path(str(item.path)).name
 
@@ -156,15 +175,31 @@ def module(item):
 def pytest_collection_modifyitems(items):
     """In one process, the modules that need no Keras run first, while the Keras process makes
     its files. On an xdist worker, the Keras modules come first, then the run modules: the worker
-    that gets the Keras ones starts Keras at once, the other the longest unit."""
+    that gets the Keras ones starts Keras at once, the other the longest unit. (First of the
+    hooks: the marks of FIXTURE_MARKS are there when -m selects.)"""
     unlisted = {module(item) for item in items if uses(item, "keras_process") and module(item) not in KERAS_MODULES
                 or uses(item, "freeze_run", "full_run") and module(item) not in RUN_MODULES}
     if unlisted:
         raise pytest.UsageError(f"tests/conftest.py: add {', '.join(sorted(unlisted))} to KERAS_MODULES or RUN_MODULES")
+    for item in items:
+        for fixture, marks in FIXTURE_MARKS.items():
+            for mark in marks:
+                if uses(item, fixture) and not item.get_closest_marker(mark):
+                    item.add_marker(mark)
     if "PYTEST_XDIST_WORKER" in os.environ:
         items.sort(key=lambda item: (module(item) not in KERAS_MODULES, module(item) not in RUN_MODULES))
     else:
         items.sort(key=lambda item: module(item) in KERAS_MODULES)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A keras test where TensorFlow or Keras is not installed: skipped, with the reason; failed
+    instead under TORCH_RESNET_REQUIRE_KERAS=1. Before any fixture: no Keras process is started."""
+    if MISSING_KERAS and item.get_closest_marker("keras"):
+        if REQUIRE_KERAS:
+            pytest.fail(f"TORCH_RESNET_REQUIRE_KERAS is set and this test {KERAS_MISSING}", pytrace=False)
+        pytest.skip(KERAS_MISSING)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -201,7 +236,8 @@ def start_keras_first(request):
     """In one process, Keras starts with the session's first test (one that needs none of it: they
     run first), not with the first test that waits for it. Under xdist, the worker that gets the
     Keras modules starts it with their first test (the other worker runs meanwhile)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ and any(uses(item, "keras_process") for item in request.session.items):
+    if ("PYTEST_XDIST_WORKER" not in os.environ and not MISSING_KERAS
+            and any(uses(item, "keras_process") for item in request.session.items)):
         request.getfixturevalue("keras_process")
 
 
@@ -301,6 +337,9 @@ def pytest_testnodedown(node, error):
 
 
 def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if KERAS_MISSING in str(r.longrepr)]
+    if MISSING_KERAS and skipped:
+        terminalreporter.write_line(f"{len(skipped)} keras tests skipped: {KERAS_MISSING}")
     if FIGURES:
         terminalreporter.section("measured figures")
         for what, value in FIGURES:

@@ -117,6 +117,7 @@ def test_the_api_makes_no_temporary_folder(api_runs, tiny, keras_fixtures, monke
     assert left_in(Path()) == ["m.weights.h5"]
 
 
+@pytest.mark.slow
 def test_finetune_gives_the_scripts_weights_in_both_regimes(api_runs, tiny, setup, tmp_path, capsys):
     frozen, full = api_runs
     _, weights = setup
@@ -139,6 +140,7 @@ def test_finetune_gives_the_scripts_weights_in_both_regimes(api_runs, tiny, setu
     assert "test top-1" in repr(full) and "data:image/png;base64," in frozen._repr_html_()
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_its_network_or_its_file(api_runs, tiny, tmp_path):
     _, full = api_runs
     by_run = tr.evaluate(full, data_dir=tiny / "data", device="cpu", download=False)
@@ -150,6 +152,7 @@ def test_evaluate_a_run_its_network_or_its_file(api_runs, tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["confusion.png", "eval.json"]
 
 
+@pytest.mark.slow
 def test_report_inline_and_in_files(api_runs, tmp_path):
     frozen, full = api_runs
     shown = tr.report([frozen, full])
@@ -167,6 +170,7 @@ def test_report_inline_and_in_files(api_runs, tmp_path):
     assert isinstance(full.curves(), Figure) and len(full.curves().axes) == 2
 
 
+@pytest.mark.slow
 def test_to_keras_writes_what_the_export_script_writes(api_runs, tmp_path, capsys):
     _, full = api_runs
     assert tr.to_keras(full.model, "api.pkl") == Path("api.pkl")
@@ -180,6 +184,7 @@ def test_to_keras_writes_what_the_export_script_writes(api_runs, tmp_path, capsy
     assert "sequential/dense/kernel" in fresh and fresh["sequential/dense/kernel"].shape == (256, 10)
 
 
+@pytest.mark.slow
 def test_errors_are_the_scripts_in_python_terms(api_runs, setup, tmp_path, capsys):
     """The API's errors name its parameters and calls; the scripts say the same in their options."""
     frozen, _ = api_runs
@@ -204,6 +209,7 @@ def test_errors_are_the_scripts_in_python_terms(api_runs, setup, tmp_path, capsy
         tr.load(setup[0] / "keras3.pkl")
 
 
+@pytest.mark.slow
 def test_finetune_prints_its_first_line_and_a_line_per_epoch(setup, tiny, tmp_path, capsys):
     """Outside a terminal tqdm draws no bar: a script's log (or a notebook) sees the run go on."""
     capsys.readouterr()

@@ -2,11 +2,15 @@
 speed is checked by running the bench, not by timed tests)."""
 import json
 
+import pytest
+
 from conftest import assert_refused, call_script
 
 BENCH = "bench/throughput.py"
 
 
+@pytest.mark.keras
+@pytest.mark.slow
 def test_bench_measures_ours_and_each_peer(tmp_path, capsys):
     out = tmp_path / "bench.json"
     small = ["--device", "cpu", "--images", "24", "--batch-size", "8"]

@@ -31,6 +31,7 @@ def command(site, *args, cwd):
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(site)})
 
 
+@pytest.mark.slow
 def test_installed_command_runs_every_step_from_any_folder(installed, setup, tmp_path):
     where = "import importlib.util; print(importlib.util.find_spec('torch_resnet').origin)"  # torch not imported
     r = subprocess.run([sys.executable, "-c", where], cwd=tmp_path, capture_output=True, text=True,

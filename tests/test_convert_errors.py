@@ -58,6 +58,7 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path, good, refuse
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_missing_file_and_default_location_from_the_real_script(tmp_path, refused):
     refused(tmp_path / "nope.pkl", "not found")
     r = run_script(CONVERTER)  # in tmp_path: a course pickle of the user's is never read or replaced

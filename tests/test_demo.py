@@ -3,9 +3,12 @@ report is written, and the next commands it prints work on its own files."""
 import json
 import shlex
 
+import pytest
 import torch
 
 from conftest import call_script
+
+pytestmark = pytest.mark.slow  # the demo: three runs, a report, an evaluation
 
 
 def printed_commands(stdout: str) -> list[list[str]]:

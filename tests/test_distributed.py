@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import FIGURES, ROOT, finetune_args
+
+pytestmark = pytest.mark.slow  # torch.distributed.run, two processes
 
 
 def test_two_ranks_match_one_process(setup, full_run, tmp_path):

@@ -68,6 +68,7 @@ def test_freeze_step_needs_far_less_memory_than_full(freeze_run, full_run):
     assert freeze < full / 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [True, False])  # without augmentation: cached backbone features
 def test_learns_learnable_classes(setup, tmp_path, augment):
     # A stand-in for a pretrained network: PyTorch's init with BN statistics measured on the
@@ -118,6 +119,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(setup, full_run, tmp_path, capsys):
     out = tmp_path / "killed"
     args = finetune_args(setup, out)
@@ -160,6 +162,7 @@ def test_bad_options(setup, tmp_path, capsys, args, needle):
     assert_refused(rc, err, needle, nothing_in=tmp_path)
 
 
+@pytest.mark.slow
 def test_argparse_nonsense_is_one_line_exit_2_from_the_real_script(tmp_path):
     r = run_script(FINETUNE, "--epochs", "many")
     assert_refused(r.returncode, r.stderr, "invalid int value", nothing_in=tmp_path)

@@ -84,6 +84,7 @@ def test_compiling_the_frozen_backbone_is_decided_by_measured_rates(monkeypatch)
     assert not pays and "on cuda" in why
 
 
+@pytest.mark.slow
 def test_compiled_frozen_backbone_changes_nothing_but_rounding(setup, tmp_path, monkeypatch, capsys):
     """A real inductor compilation (where the rates say it pays; here they are made to), checked
     against --compile off on the same run: the same head within fp32 rounding."""
@@ -108,6 +109,7 @@ def conv_bn_silu():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.SiLU())
 
 
+@pytest.mark.slow
 def test_freezing_makes_the_weights_constants(tmp_path, monkeypatch):
     """Freezing is what folds BatchNorm and fuses SiLU: the compiled graph must hold the weights as
     constants, not read them (it does not, when freezing is passed only in torch.compile's options)."""
@@ -130,6 +132,7 @@ class ConvBatchNormSiLU(torch.nn.Module):  # a function of its own: dynamo count
         return F.silu(self.bn(self.conv(x)))
 
 
+@pytest.mark.slow
 def test_past_dynamos_recompile_limit_the_backbone_is_eager_and_says_so(tmp_path, monkeypatch):
     """A notebook making many runs in one process: past dynamo's limit it would run the function
     eagerly by itself, while the run said compiled."""
@@ -141,6 +144,7 @@ def test_past_dynamos_recompile_limit_the_backbone_is_eager_and_says_so(tmp_path
     assert second.compiled is None and "dynamo's limit of 1 compilations of one function is reached" in second.note
 
 
+@pytest.mark.slow
 def test_a_failed_compilation_leaves_the_backbone_eager(tmp_path, monkeypatch):
     """No working C++ compiler (as on many Windows machines): the run goes on, eager, and says why."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

@@ -23,6 +23,8 @@ from torch_resnet.formats.files import load_model
 from torch_resnet.formats.keras_names import names_sidecar, read_names
 from torch_resnet.data.synthetic import write_cifar
 
+pytestmark = [pytest.mark.keras, pytest.mark.slow]  # the session's Keras process
+
 CONVERTER, EXPORTER = "convert/keras_pickle_to_pt.py", "convert/pt_to_keras_pickle.py"
 TOL = 1e-4
 FORMATS = [  # (file, the Keras model that wrote it, what it is)

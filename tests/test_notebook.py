@@ -10,10 +10,13 @@ import sysconfig
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
 from test_package import VERSION, build_dists, checkout_files
+
+pytestmark = pytest.mark.slow  # a notebook's kernel, its cells in fresh interpreters, pip
 
 NOTEBOOK = ROOT / "notebooks" / "course.ipynb"
 # The copy of torch_resnet this environment imports (the checkout, installed editable): hidden below.

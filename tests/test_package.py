@@ -13,6 +13,8 @@ from filelock import FileLock
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # python -m build, fresh interpreters, a venv
+
 VERSION = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)[1]  # no tomllib on 3.10
 COMMANDS = ("convert", "finetune", "evaluate", "report", "export", "demo")
 

@@ -9,6 +9,8 @@ from torch_resnet import ResidualNetwork, images_to_input
 from torch_resnet.conversion.convert import convert_pickle
 from torch_resnet.model import Conv2dSame
 
+pytestmark = [pytest.mark.keras, pytest.mark.slow]  # the session's Keras process
+
 SCHEMES = ["keras3", "keras3_seed_numbering", "keras2_seed_numbering_shortcut_first", "keras2_flat",
            "shortcut_from_raw"]
 TOL = 1e-4

@@ -91,6 +91,7 @@ def expected_numbers(m):
         [("step memory", m["step_memory_bytes"] / 2**20, 0.05)] if m["step_memory_bytes"] is not None else [])
 
 
+@pytest.mark.slow
 def test_the_trainer_records_what_the_report_needs(runs):
     for regime in ("freeze", "full"):
         m = metrics_of(runs / regime)
@@ -106,6 +107,7 @@ def test_the_trainer_records_what_the_report_needs(runs):
     assert metrics_of(runs / "full")["learning_rates"] == {"backbone": 1e-5, "head": 1e-5}  # head from --init-from
 
 
+@pytest.mark.slow
 def test_every_number_in_the_report_is_the_runs(runs, written):
     folders = [str(runs / "freeze"), str(runs / "full")]
     rc, out, err, rep = written
@@ -144,6 +146,7 @@ def png_size(data: bytes):
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_figures_are_written_and_inline_in_the_html(written):
     rc, _, err, out = written
     assert rc == 0, err
@@ -158,6 +161,7 @@ def test_figures_are_written_and_inline_in_the_html(written):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_any_number_of_runs_one_column_each(runs, tmp_path, capsys):
     shutil.copytree(runs / "full", tmp_path / "full_again")
     assert report(capsys, runs / "freeze", runs / "full", tmp_path / "full_again", "-o", tmp_path / "rep")[0] == 0
@@ -180,6 +184,7 @@ def edit_metrics(change):
     return damage
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage,needle", [
     (lambda f: shutil.rmtree(f), "no such run folder"),
     (lambda f: (f / "metrics.json").unlink(), "the run is unfinished (a checkpoint, no metrics.json yet); "
@@ -203,6 +208,7 @@ def test_bad_run_folders_are_one_line_errors(runs, tmp_path, capsys, damage, nee
     assert not (tmp_path / "rep").exists()
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(runs / "full", other)
@@ -224,6 +230,7 @@ def suptitle(fig) -> str:
     return fig._suptitle.get_text() if fig._suptitle else ""
 
 
+@pytest.mark.slow
 def test_stand_in_data_is_said_in_metrics_the_report_and_every_figure(runs, written, tmp_path, capsys, monkeypatch):
     from torch_resnet.training import outputs
     from torch_resnet.data.cifar import load_cifar
@@ -268,6 +275,7 @@ def visible_ticks(ax) -> list[float]:
     return [t for t in ax.get_xticks() if low <= t <= high]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epochs", [1, 2, 7])
 def test_every_epoch_axis_has_whole_epochs(runs, epochs):
     from torch_resnet.training.outputs import curves_figure as run_curves
@@ -283,6 +291,7 @@ def test_every_epoch_axis_has_whole_epochs(runs, epochs):
             assert 1 in ticks
 
 
+@pytest.mark.slow
 def test_more_than_ten_runs_get_distinct_colours(runs):
     from matplotlib.colors import to_hex
     from torch_resnet.reporting.report import Run

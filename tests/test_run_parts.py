@@ -100,6 +100,7 @@ class Shapes:
         return CifarSplit(images, labels, ["bright", "dark", "stripe"])
 
 
+@pytest.mark.slow
 def test_a_data_source_of_another_kind_plugs_into_the_loop(setup, tmp_path):
     """The loop takes any DataSource: the head follows its classes, the record its names and sizes."""
     cfg = TrainConfig(freeze=True, epochs=2, batch_size=16, val_size=12, lr=0.05, device="cpu", amp="off",

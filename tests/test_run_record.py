@@ -33,6 +33,7 @@ def finished(freeze_run, tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_folder_one_writes_the_other_stops_at_once(setup, tmp_path):
     out = tmp_path / "shared"
     runs = [subprocess.Popen([sys.executable, str(ROOT / FINETUNE), *finetune_args(setup, out, "--freeze"),
@@ -74,6 +75,7 @@ def limited_file_size(limit):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_earlier_files_stay(setup, finished, tmp_path):
     before = snapshot(finished)
     args = [sys.executable, str(ROOT / FINETUNE), *finetune_args(setup, finished, "--freeze", "--overwrite")]
@@ -107,6 +109,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, freeze_run, tmp_path, capsys):
     out = tmp_path / "termed"
     args = finetune_args(setup, out, "--freeze", "--step-memory")  # the options of the session's freeze_run
@@ -127,6 +130,7 @@ def test_sigterm_is_ctrl_c_and_stale_temporary_files_go(setup, freeze_run, tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["my run", "-x"])
 def test_printed_resume_command_works_when_pasted(setup, tmp_path, capsys, monkeypatch, folder):
     monkeypatch.chdir(tmp_path)
@@ -195,6 +199,7 @@ def test_duplicate_class_names_are_refused(setup, tmp_path, capsys):
     assert_refused(rc, err, "names the class 'cat' twice", nothing_in=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_one_test_figure_from_the_trainer_and_from_evaluate(setup, tmp_path, capsys):
     # trained (frozen backbone, features cached once) and validated in bf16 (emulated on most CPUs:
     # few images); tested in fp32

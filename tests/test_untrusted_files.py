@@ -35,6 +35,7 @@ KNOWN = {"segfault_weight_names.h5": "the HDF5 reader crashed: SIGSEGV",
          "cifar_batch_bytearray8_of_exabytes": "truncated or damaged (expected 1617222267367986289 bytes"}
 
 
+@pytest.mark.slow
 def test_files_that_crashed_or_hung_us_are_one_line(tmp_path, capsys):
     assert set(KNOWN) <= {p.name for p in DAMAGED.iterdir()}
     for path in sorted(DAMAGED.iterdir()):
@@ -71,6 +72,7 @@ def assert_interrupted(proc, out_dir, within=3):
     assert not left_in(out_dir)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_hung_read_stops_at_once(tmp_path):
     """A real process (Ctrl-C is a signal to it): libhdf5 spinning in the child does not hold us."""
     proc = start_converter(DAMAGED / "hang_weight_names.h5", tmp_path / "out.pt")
@@ -82,6 +84,7 @@ def test_ctrl_c_during_a_hung_read_stops_at_once(tmp_path):
     assert str(DAMAGED / "hang_weight_names.h5") not in ps  # the reading child was killed with us
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_torch_is_imported_is_one_line(tmp_path):
     """The first seconds of every command go to importing torch: Ctrl-C there is no traceback."""
     proc = start_converter(DAMAGED / "hang_weight_names.h5", tmp_path / "out.pt")
@@ -134,6 +137,7 @@ def test_a_seeded_fuzz_run_finds_nothing(keras_fixtures, tmp_path):
     assert not result["found"], result["found"][:3]
 
 
+@pytest.mark.slow
 def test_the_fuzzer_tells_a_crash_and_a_hang(tmp_path):
     """The classifier is not blind: a worker that dies is a crash, one that does not answer a hang."""
     fuzz = load_fuzz()

@@ -42,6 +42,7 @@ def base_args(small, out):
             "--batch-size", "20", "--device", "cpu", "--no-download"]
 
 
+@pytest.mark.slow
 def test_validation_is_a_tenth_by_default_and_a_count_still_works(small, tmp_path, capsys):
     rc, out, err = call_script(capsys, FINETUNE, "--freeze", *base_args(small, tmp_path / "a"), "--epochs", "1")
     assert rc == 0, err
@@ -54,6 +55,7 @@ def test_validation_is_a_tenth_by_default_and_a_count_still_works(small, tmp_pat
         assert_refused(rc, err, needle, nothing_in=tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_and_resume_needs_only_the_folder(small, tmp_path, capsys, monkeypatch):
     def args(out):
         return ["--freeze", *base_args(small, out), "--lr", "3e-3", "--val-size", "20", "--seed", "7"]
@@ -84,6 +86,7 @@ def test_ctrl_c_says_how_to_continue_and_resume_needs_only_the_folder(small, tmp
     assert_refused(rc, err, "nothing to resume")
 
 
+@pytest.mark.slow
 def test_freeze_without_augmentation_counts_the_feature_caching(small, tmp_path):
     m = trainer.main(TrainConfig(freeze=True, augment=False, weights=str(small / "weights.pt"),
                                  data_dir=str(small / "data"), out=str(tmp_path / "run"), epochs=2, batch_size=40,
