@@ -103,17 +103,15 @@ def assert_refused(rc, err, *needles, nothing_in=None):
     return err
 
 
-class KerasProcess:
-    """The session's one Keras process (tests/make_keras_fixtures.py; no TF in pytest): it makes
-    every Keras file the tests read, then loads into Keras what they export. ``wait_for`` a word
-    it says when it is done with something ("fixtures", "training", "loaded SPEC")."""
+class KerasChildProcess:
+    """A Keras script in a child process (no TF in pytest), its stderr in FOLDER/stderr.txt and its
+    stdout read line by line in a thread: ``next_line`` waits for the next one."""
 
-    def __init__(self, folder):
-        self.folder, self.said, self.lines = folder, set(), queue.Queue()
+    def __init__(self, folder, args, **popen):
+        self.folder, self.lines = folder, queue.Queue()
         self.log = open(folder / "stderr.txt", "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "make_keras_fixtures.py"), str(folder)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=folder)
+        self.proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, cwd=folder, **popen)
         threading.Thread(target=self.read, daemon=True).start()
 
     def read(self):
@@ -121,17 +119,30 @@ class KerasProcess:
             self.lines.put(line.strip())
         self.lines.put("")  # it ended
 
+    def next_line(self, waiting_for, timeout) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+        if not line:
+            self.lines.put(line)  # for whoever waits next
+            raise AssertionError(f"Keras {'ended' if line == '' else 'timed out'} before {waiting_for!r}: "
+                                 + (self.folder / "stderr.txt").read_text()[-3000:])
+        return line
+
+
+class KerasProcess(KerasChildProcess):
+    """The session's one Keras process (tests/make_keras_fixtures.py): it makes every Keras file the
+    tests read, then loads into Keras what they export. ``wait_for`` a word it says when it is done
+    with something ("fixtures", "training", "loaded SPEC")."""
+
+    def __init__(self, folder):
+        super().__init__(folder, [ROOT / "tests" / "make_keras_fixtures.py", folder], stdin=subprocess.PIPE)
+        self.said = set()
+
     def wait_for(self, word, timeout=900):
         while word not in self.said:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                line = None
-            if not line:
-                self.lines.put(line)  # for whoever waits next
-                raise AssertionError(f"Keras {'ended' if line == '' else 'timed out'} before {word!r}: "
-                                     + (self.folder / "stderr.txt").read_text()[-3000:])
-            self.said.add(line)
+            self.said.add(self.next_line(word, timeout))
 
     def load(self, spec):
         """Exported weights into Keras (make_keras_files.load of SPEC.json): their logits saved."""

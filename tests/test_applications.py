@@ -5,10 +5,6 @@ PyTorch-habit way breaking parity (proof that the checks would see it)."""
 import functools
 import json
 import os
-import queue
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FIGURES, ROOT
+from conftest import FIGURES, ROOT, KerasChildProcess
 from torch_resnet.applications import SPECS, build, keras_to_torch, name_table, torch_to_keras
 from torch_resnet.applications.resnet import BottleneckV2
 from torch_resnet.errors import UserError
@@ -32,37 +28,22 @@ SIZE, CLASSES, TOL = 64, 10, 1e-4  # TOL: of max |logit| (fp32)
 ALSO = ["ResNet50:224x224", "ResNet50V2:45x67"]  # Keras' own size; odd sizes where V2 strides differ
 
 
-class KerasChild:
+class KerasChild(KerasChildProcess):
     """tests/make_keras_applications.py for the six networks, one process for the module; each
     network's files are there once it prints its line, so the checks of one network run while
     Keras builds the next."""
 
     def __init__(self, folder):
-        self.folder, self.counts, self.lines = folder, {}, queue.Queue()
         networks = [f"{name}:{pooling or 'none'}" for name, pooling in POOLING.items()]
-        self.log = open(folder / "stderr.txt", "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "make_keras_applications.py"), str(folder),
-                                      "--size", str(SIZE), "--classes", str(CLASSES), *(f"--also={also}" for also in ALSO), *networks],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=folder,
-                                     env={**os.environ, "KERAS_HOME": str(folder), "TMPDIR": str(folder)})
-        threading.Thread(target=self.read, daemon=True).start()
-
-    def read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put("")  # it ended
+        super().__init__(folder, [ROOT / "tests" / "make_keras_applications.py", folder, "--size", SIZE,
+                                  "--classes", CLASSES, *(f"--also={also}" for also in ALSO), *networks],
+                         env={**os.environ, "KERAS_HOME": str(folder), "TMPDIR": str(folder)})
+        self.counts = {}
 
     def wait_for(self, name, timeout=600):
         """Keras' counts for ``name`` once its files are written."""
         while name not in self.counts:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                line = None
-            if not line:
-                self.lines.put(line)  # for whoever waits next
-                raise AssertionError(f"Keras {'ended' if line == '' else 'timed out'} before {name}: "
-                                     + (self.folder / "stderr.txt").read_text()[-3000:])
+            line = self.next_line(name, timeout)
             if line.startswith("{"):
                 counts = json.loads(line)
                 self.counts[counts["name"]] = counts
