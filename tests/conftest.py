@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 import queue
 import runpy
@@ -129,6 +130,44 @@ class KerasChildProcess:
             raise AssertionError(f"Keras {'ended' if line == '' else 'timed out'} before {waiting_for!r}: "
                                  + (self.folder / "stderr.txt").read_text()[-3000:])
         return line
+
+
+class KerasApplications(KerasChildProcess):
+    """tests/make_keras_applications.py with ``args``, one process for a test module; each network's
+    files are there once it prints its line (``wait_for``), so the checks of one network run while
+    Keras builds the next; ``load`` has it load weights we exported."""
+
+    def __init__(self, folder, *args):
+        super().__init__(folder, [ROOT / "tests" / "make_keras_applications.py", folder, *args],
+                         env={**os.environ, "KERAS_HOME": str(folder), "TMPDIR": str(folder)}, stdin=subprocess.PIPE)
+        self.counts, self.said = {}, set()
+
+    def wait_for(self, name, timeout=600):
+        """Keras' counts for network ``name`` once its files are written, or True once it said ``name``."""
+        while name not in self.counts and name not in self.said:
+            line = self.next_line(name, timeout)
+            if line.startswith("{"):
+                counts = json.loads(line)
+                self.counts[counts["name"]] = counts
+            else:
+                self.said.add(line)
+        return self.counts.get(name, True)
+
+    def load(self, kind, weights, x_npz):
+        """Our exported ``weights`` loaded into a fresh Keras ``kind`` model: its logits on ``x_npz``'s x."""
+        result = Path(weights).with_suffix(".logits.npz")
+        self.proc.stdin.write(f"{kind} {weights} {x_npz} {result}\n")
+        self.proc.stdin.flush()
+        self.wait_for(f"loaded {result}")
+        import numpy as np
+
+        with np.load(result) as saved:
+            return saved["logits"]
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
 
 
 class KerasProcess(KerasChildProcess):

@@ -1,7 +1,7 @@
 """Keras' own ResNets for tests/test_applications.py, in a process of their own (no TF in pytest).
 
     python tests/make_keras_applications.py OUT_DIR [--size 64] [--classes 10] [--also NAME:HxW]...
-                                            NAME:POOLING ...
+                                            [--files NAME]... [--seed-head] [--others] NAME:POOLING ...
 
 For each NAME (a keras.applications function, ResNet50 ... ResNet152V2) it builds the network
 with ``weights=None``, include_top=True, ``classes`` and no softmax, at SIZE x SIZE; gives it
@@ -12,6 +12,13 @@ weights. It writes OUT_DIR/NAME.npz ({Keras path: array}) and OUT_DIR/NAME_outpu
 the network ``x_HxW`` and ``logits_HxW`` of the top model built at that size), and prints one
 JSON line per network, once its files are written, with Keras' count_params() of both models
 and the trainable count of the first.
+
+--files NAME: the top model is also saved the ways Keras saves it (``keras_application_files.py``: NAME.keras,
+NAME.weights.h5, NAME.h5, NAME_imagenet_layout.h5); --seed-head: the course's birds model (ResNet50,
+no top, avg pooling, Dense(1024, relu), Dropout(0.4), Dense(200, softmax)) as a Sequential and as
+a Functional, saved as .keras and .weights.h5 with its logits; --others: files of other networks
+(``other_files``). Then it answers requests on stdin
+(``keras_application_files.answer``): load weights we exported into a fresh Keras model and save its logits.
 """
 import argparse
 import json
@@ -76,24 +83,38 @@ def make(out, name, pooling, size, classes, other_sizes, seed):
     np.savez(out / f"{name}.npz", **weights)
     np.savez(out / f"{name}_outputs.npz", **outputs)
     trainable = sum(int(np.prod(v.shape)) for v in top.trainable_weights)
-    return {"name": name, "top": top.count_params(), "notop": notop.count_params(), "top_trainable": trainable}
+    return {"name": name, "top": top.count_params(), "notop": notop.count_params(), "top_trainable": trainable}, top
 
 
 def main(argv):
+    from keras_application_files import answer, other_files, save_files, seed_models
+
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("networks", nargs="+", help="NAME:POOLING, POOLING one of avg, max, none")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--also", action="append", default=[], help="NAME:HxW, a network also run at that size")
+    parser.add_argument("--files", action="append", default=[], help="NAME: also save its top model in every format")
+    parser.add_argument("--seed-head", action="store_true", help="also the course's ResNet50 + Dense head models")
+    parser.add_argument("--others", action="store_true", help="also files of other networks, to be refused")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(args.networks):
         name, pooling = spec.split(":")
         other_sizes = [also.split(":")[1] for also in args.also if also.split(":")[0] == name]
-        counts = make(args.out, name, None if pooling == "none" else pooling, args.size, args.classes,
-                      other_sizes, seed=i)
+        counts, top = make(args.out, name, None if pooling == "none" else pooling, args.size, args.classes,
+                           other_sizes, seed=i)
+        if name in args.files:
+            save_files(top, args.out / name)
         print(json.dumps(counts), flush=True)
+    if args.seed_head:
+        seed_models(args.out, args.size, randomize)
+        print("seed head", flush=True)
+    if args.others:
+        other_files(args.out, args.size)
+        print("others", flush=True)
+    answer(args.out, args.size, args.classes)
 
 
 if __name__ == "__main__":

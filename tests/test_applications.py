@@ -3,8 +3,6 @@ process (tests/make_keras_applications.py; no TensorFlow here): parameter counts
 features of converted weights, the way back, refused names, and each Keras trap done the
 PyTorch-habit way breaking parity (proof that the checks would see it)."""
 import functools
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FIGURES, ROOT, KerasChildProcess
+from conftest import FIGURES, KerasApplications
 from torch_resnet.applications import SPECS, build, keras_to_torch, name_table, torch_to_keras
 from torch_resnet.applications.resnet import BottleneckV2
 from torch_resnet.errors import UserError
@@ -28,36 +26,11 @@ SIZE, CLASSES, TOL = 64, 10, 1e-4  # TOL: of max |logit| (fp32)
 ALSO = ["ResNet50:224x224", "ResNet50V2:45x67"]  # Keras' own size; odd sizes where V2 strides differ
 
 
-class KerasChild(KerasChildProcess):
-    """tests/make_keras_applications.py for the six networks, one process for the module; each
-    network's files are there once it prints its line, so the checks of one network run while
-    Keras builds the next."""
-
-    def __init__(self, folder):
-        networks = [f"{name}:{pooling or 'none'}" for name, pooling in POOLING.items()]
-        super().__init__(folder, [ROOT / "tests" / "make_keras_applications.py", folder, "--size", SIZE,
-                                  "--classes", CLASSES, *(f"--also={also}" for also in ALSO), *networks],
-                         env={**os.environ, "KERAS_HOME": str(folder), "TMPDIR": str(folder)})
-        self.counts = {}
-
-    def wait_for(self, name, timeout=600):
-        """Keras' counts for ``name`` once its files are written."""
-        while name not in self.counts:
-            line = self.next_line(name, timeout)
-            if line.startswith("{"):
-                counts = json.loads(line)
-                self.counts[counts["name"]] = counts
-        return self.counts[name]
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def keras_child(tmp_path_factory):
-    child = KerasChild(tmp_path_factory.mktemp("keras_applications"))
+    networks = [f"{name}:{pooling or 'none'}" for name, pooling in POOLING.items()]
+    child = KerasApplications(tmp_path_factory.mktemp("keras_applications"), "--size", SIZE, "--classes", CLASSES,
+                              *(f"--also={also}" for also in ALSO), *networks)
     yield child
     child.close()
     cached.cache_clear()  # hundreds of MB the rest of the session has no use for

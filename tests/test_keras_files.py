@@ -287,9 +287,9 @@ def replace(value, **kwargs):
     (replace(np.zeros((3, 3, 64, 64), np.int64)), ("residual_block_1/conv1/kernel", "int64")),
     (replace(np.full((3, 3, 64, 64), b"x")), (CONV, "dtype |S1")),
     (replace(np.full((3, 3, 64, 64), np.nan, np.float32)), ("residual_block_1/conv1/kernel", "non-finite")),
-    (replace(None, shape=(3, 3, 1024, 32768), dtype="f4", chunks=(3, 3, 64, 64)), (CONV, "more than this network's")),
+    (replace(None, shape=(3, 3, 1024, 65536), dtype="f4", chunks=(3, 3, 64, 64)), (CONV, "more than a supported network's")),
     (lambda f: f["layers/residual_block"].__setitem__("loop", f["layers"]), ("loop/residual_block/loop", "16 deep")),
-], ids=["external link", "soft link", "mis-shaped", "integer", "strings", "NaN", "1 GB declared", "cycle"])
+], ids=["external link", "soft link", "mis-shaped", "integer", "strings", "NaN", "2 GB declared", "cycle"])
 def test_hostile_or_bad_hdf5_is_refused(files, tmp_path, refused, edit, needles):
     refused(edited_h5(files, tmp_path, edit), *needles)
 

@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from ..errors import UserError
-from .specs import ResNetSpec, spec_named
+from .specs import ResNetSpec, head_indices, spec_named, top
 
 CONV, CONV_NO_BIAS, BN, DENSE = "conv", "conv_no_bias", "bn", "dense"
 # Keras variable -> PyTorch parameter or buffer, by layer kind
@@ -45,8 +45,9 @@ def block_layers(spec: ResNetSpec, keras_block: str, torch_block: str, first: bo
             if first or not k.startswith("0_")]
 
 
-def layer_table(spec: ResNetSpec | str, include_top: bool) -> list[tuple[str, str, str]]:
-    """Every weighted layer of the Keras model, in Keras' order: (Keras layer, PyTorch module, kind)."""
+def layer_table(spec: ResNetSpec | str, head=()) -> list[tuple[str, str, str]]:
+    """Every weighted layer of the Keras model, in Keras' order: (Keras layer, PyTorch module, kind);
+    ``head``: the Dense layers on top (``specs.Dense``; ``specs.top(classes)`` for Keras' own)."""
     spec = spec_named(spec)
     table = [("conv1_conv", "backbone.stem.conv", CONV)]
     if not spec.preact:
@@ -56,14 +57,15 @@ def layer_table(spec: ResNetSpec | str, include_top: bool) -> list[tuple[str, st
             table += block_layers(spec, f"conv{stage + 2}_block{b + 1}", f"backbone.stages.{stage}.{b}", b == 0)
     if spec.preact:
         table.append(("post_bn", "backbone.post_bn", BN))
-    if include_top:
-        table.append((PREDICTIONS, "head", DENSE))
+    table += [(dense.name, f"head.{i}", DENSE) for dense, i in zip(head, head_indices(head))]
     return table
 
 
-def name_table(spec: ResNetSpec | str, include_top: bool) -> dict[str, str]:
-    """Keras variable path (``conv2_block1_1_bn/moving_mean``) -> state-dict key, in Keras' order."""
-    return {f"{layer}/{var}": f"{module}.{param}" for layer, module, kind in layer_table(spec, include_top)
+def name_table(spec: ResNetSpec | str, include_top: bool = False, head=None) -> dict[str, str]:
+    """Keras variable path (``conv2_block1_1_bn/moving_mean``) -> state-dict key, in Keras' order;
+    with Keras' top (``include_top``, any number of classes) or the Dense layers ``head``."""
+    head = head if head is not None else top(0) if include_top else ()
+    return {f"{layer}/{var}": f"{module}.{param}" for layer, module, kind in layer_table(spec, head)
             for var, param in VARIABLES[kind].items()}
 
 
@@ -105,7 +107,7 @@ def torch_to_keras(state: dict, spec: ResNetSpec | str) -> dict[str, np.ndarray]
     """The way back: a ``KerasResNet`` state dict -> {Keras 3 path: array} in Keras' order and
     layouts, for ``keras.applications.<spec>(weights=None, ...)``."""
     spec = spec_named(spec)
-    table = name_table(spec, include_top="head.weight" in state)
+    table = name_table(spec, include_top="head.0.weight" in state)
     by_key = {key: path for path, key in table.items()}
     given = [k for k in state if not k.endswith("num_batches_tracked")]  # a counter Keras has no variable for
     check_names(given, by_key, f"state dict of {spec.name}")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .specs import (EXPANSION, FEATURES, KERAS_BN_EPS, KERAS_BN_MOMENTUM, POOLINGS, STEM_CHANNELS, WIDTHS,
-                    ResNetSpec, spec_named)
+from .specs import (ACTIVATIONS, EXPANSION, FEATURES, KERAS_BN_EPS, KERAS_BN_MOMENTUM, POOLINGS, STEM_CHANNELS,
+                    WIDTHS, Dense, ResNetSpec, spec_named, top)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -136,30 +136,79 @@ class Backbone(nn.Module):
         return global_pool(x, self.pooling)
 
 
+ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh,
+                      "sigmoid": nn.Sigmoid, "elu": nn.ELU}
+
+
+def dense_head(features: int, head: tuple[Dense, ...]) -> nn.Sequential:
+    """Keras' Dense (and Dropout) layers on the pooled features, as ``nn.Sequential``; the last
+    layer's softmax is left out (logits). Empty for a network without a head."""
+    layers, width = [], features
+    for i, dense in enumerate(head):
+        if dense.activation not in ACTIVATIONS or dense.activation == "softmax" and i < len(head) - 1:
+            raise ValueError(f"Dense {dense.name!r}: activation {dense.activation!r} is not supported here")
+        if dense.dropout:
+            layers.append(nn.Dropout(dense.dropout))
+        layers.append(nn.Linear(width, dense.units))
+        if dense.activation in ACTIVATION_MODULES:
+            layers.append(ACTIVATION_MODULES[dense.activation]())
+        width = dense.units
+    return nn.Sequential(*layers)
+
+
 class KerasResNet(nn.Module):
-    """``keras.applications.<spec.name>(include_top, pooling, classes)`` in PyTorch, without the
-    softmax: ``backbone`` gives the features, ``head`` (the Keras ``predictions`` Dense, or an
-    identity without the top) the logits. As in Keras, ``pooling`` is ignored with the top
-    (the top always averages)."""
+    """``keras.applications.<spec.name>(include_top, pooling, classes)`` in PyTorch, or its
+    backbone with the user's own Dense layers on top (``head``, e.g. the course's
+    ``Dense(1024, "relu")``, ``Dropout(0.4)``, ``Dense(200, "softmax")``), without the final
+    softmax: ``backbone`` gives the features, ``head`` the logits. As in Keras, ``pooling`` is
+    ignored with the top (the top always averages). ``architecture`` is what rebuilds it
+    (``from_architecture``); ``preprocess`` the Keras ``preprocess_input`` its inputs need."""
 
     def __init__(self, spec: ResNetSpec | str, include_top: bool = True, pooling: str | None = None,
-                 classes: int = 1000):
+                 classes: int = 1000, head: tuple[Dense, ...] | None = None, input_size=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.spec = spec_named(spec)
-        self.include_top = include_top
-        self.backbone = Backbone(self.spec, "avg" if include_top else pooling)
-        self.head = nn.Linear(FEATURES, classes) if include_top else nn.Identity()
+        if head is None and include_top:
+            head, pooling = top(classes), "avg"  # as in Keras: the top always averages
+        head = head or ()
+        if head and pooling is None:
+            pooling = "avg"  # a user's Dense layers need pooled features too
+        self.spec, self.pooling, self.head_layers = spec_named(spec), pooling, tuple(head)
+        self.input_size = None if input_size is None else [int(n) for n in input_size]
+        self.backbone = Backbone(self.spec, pooling)
+        self.head = dense_head(FEATURES, self.head_layers)
+        self.keras_names = None  # the names its tensors had in Keras, where it came from Keras
 
     @property
     def num_classes(self) -> int | None:
-        return self.head.out_features if self.include_top else None
+        return self.head_layers[-1].units if self.head_layers else None
+
+    @property
+    def preprocess(self) -> str:
+        return self.spec.preprocess
+
+    @property
+    def architecture(self) -> dict:
+        return {"network": self.spec.name, "pooling": self.pooling, "head": [d.record() for d in self.head_layers],
+                "preprocess": self.preprocess, "input_size": self.input_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
 
-def build(name: str, include_top: bool = True, pooling: str | None = None, classes: int = 1000) -> KerasResNet:
-    """``build("ResNet50", include_top=False, pooling="avg")``: the arguments of the Keras function."""
-    return KerasResNet(name, include_top=include_top, pooling=pooling, classes=classes)
+def build(name: str, include_top: bool = True, pooling: str | None = None, classes: int = 1000,
+          head: tuple[Dense, ...] | None = None) -> KerasResNet:
+    """``build("ResNet50", include_top=False, pooling="avg")``: the arguments of the Keras function;
+    ``head``: Dense layers of one's own instead of Keras' top."""
+    return KerasResNet(name, include_top=include_top, pooling=pooling, classes=classes, head=head)
+
+
+def from_architecture(record: dict) -> KerasResNet:
+    """The network an ``architecture`` record describes (ValueError/KeyError/TypeError if it is not one)."""
+    head = tuple(Dense(int(d["units"]), str(d["activation"]), float(d["dropout"]), str(d["name"]))
+                 for d in record["head"])
+    if any(d.units < 1 or not 0 <= d.dropout < 1 for d in head):
+        raise ValueError("a Dense layer without units or with a dropout rate outside [0, 1)")
+    return KerasResNet(str(record["network"]), pooling=record["pooling"], head=head,
+                       input_size=record.get("input_size"))

@@ -20,6 +20,41 @@ EXPANSION = 4  # a block's output channels: 4x its width
 FEATURES = EXPANSION * WIDTHS[-1]  # 2048
 STEM_CHANNELS = 64
 POOLINGS = ("avg", "max", None)
+# Keras' preprocess_input of each version: "caffe" (RGB -> BGR, ImageNet mean subtracted, 0..255)
+# for v1, "tf" (scaled to [-1, 1]) for V2
+PREPROCESS = {False: "caffe", True: "tf"}
+# Dense activations a head may use (Keras name -> what applies it in PyTorch, in resnet.py); a
+# softmax is allowed on the last Dense only, where it becomes logits
+ACTIVATIONS = ("linear", "relu", "gelu", "silu", "swish", "tanh", "sigmoid", "elu", "softmax")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """One Dense layer of a head: ``units``, its ``activation``, the rate of a Dropout before it,
+    and its Keras layer name (for the way back)."""
+    units: int
+    activation: str = "linear"
+    dropout: float = 0.0
+    name: str = "dense"
+
+    def record(self) -> dict:
+        return {"units": self.units, "activation": self.activation, "dropout": self.dropout, "name": self.name}
+
+
+def head_indices(head) -> list[int]:
+    """Where each Dense of ``head`` sits in its ``nn.Sequential`` (resnet.dense_head): a Dropout
+    before it and an activation module after it take a place each (linear and softmax none)."""
+    indices, i = [], 0
+    for dense in head:
+        i += dense.dropout > 0
+        indices.append(i)
+        i += 1 + (dense.activation not in ("linear", "softmax"))
+    return indices
+
+
+def top(classes: int) -> tuple[Dense]:
+    """Keras' own top: the ``predictions`` Dense with a softmax."""
+    return (Dense(classes, "softmax", name="predictions"),)
 
 
 @dataclass(frozen=True)
@@ -31,6 +66,10 @@ class ResNetSpec:
     @property
     def stage_strides(self) -> tuple[int, int, int, int]:
         return (2, 2, 2, 1) if self.preact else (1, 2, 2, 2)
+
+    @property
+    def preprocess(self) -> str:
+        return PREPROCESS[self.preact]
 
     def block_stride(self, stage: int, block: int) -> int:
         """The stride of block ``block`` (0-based) of stage ``stage`` (0 = Keras' conv2)."""

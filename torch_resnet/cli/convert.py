@@ -7,6 +7,8 @@ The input's format is read from its content, not its name; it is read as data (h
 restricted unpickler): no Keras, no TensorFlow, no code from the file. Defaults:
 weights/resnet_cifar100.pkl -> weights/resnet_cifar100.pt. OUT.pt comes with OUT.pt.keras_names.json
 (the Keras names, for convert/pt_to_keras_pickle.py); OUT.safetensors keeps them in its metadata.
+Besides the course's network, keras.applications' ResNet50/101/152 and ResNet50V2/101V2/152V2 are
+read, with Keras' top, without it, or with Dense/Dropout layers of one's own on top.
 """
 import sys
 from pathlib import Path
@@ -49,7 +51,10 @@ def main(argv=None, prog=None):
         return 2
     if args.verbose:
         print(format_report(arrays, mapping))
-    print(f"converted {len(arrays)} Keras tensors ({mapping.num_classes} classes) from {src} -> {out}"
+    classes = f"{mapping.num_classes} classes" if mapping.num_classes else "no classifier"
+    print(f"converted {len(arrays)} Keras tensors ({classes}) from {src} -> {out}"
           + ("" if args.verbose else " (-v lists where each went)"))
+    for line in mapping.summary:  # a keras.applications ResNet: which, with what on top, its inputs
+        print(f"  {line}")
     return 0
 

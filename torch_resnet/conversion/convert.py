@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import Problems, UserError
 from ..formats.files import atomic_write, load_model, save_model
@@ -16,7 +17,11 @@ from ..formats.keras_names import NAMES_HINT, KerasNames, names_sidecar
 from ..formats.keras_h5 import write_keras3
 from .keras_map import (TO_KERAS_AXES, TO_TORCH_AXES, Mapping, default_keras_names, keras3_h5_layout,
                         map_keras_names, relayout)
-from ..model import ResidualNetwork
+from ..applications.keras_files import is_family, other_network
+from ..applications.keras_names import keras_path
+from ..applications.resnet import KerasResNet
+from ..model import BLOCKS, ResidualNetwork
+from .applications import family_to_keras, recognised_model
 
 
 def checked_cast(key: str, array: np.ndarray, dtype) -> np.ndarray:
@@ -40,8 +45,7 @@ def keras_to_state_dict(arrays: dict[str, np.ndarray], shortcut_from_raw: bool =
 
 
 def network_of(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False) -> tuple[ResidualNetwork, Mapping]:
-    """The network holding a dict of Keras-named arrays, mapped and checked, and the Mapping. Every
-    problem is reported: first the shapes (a huge tensor is refused before it is scanned), then values."""
+    """The network holding a dict of Keras-named arrays, mapped and checked (``fill``), and the Mapping."""
     mapping = map_keras_names(arrays)
     if mapping.num_classes < 1:
         raise UserError("the Dense layer has no outputs (0 classes)")
@@ -52,20 +56,27 @@ def network_of(arrays: dict[str, np.ndarray], shortcut_from_raw: bool = False) -
     missing = [k for k in state if k not in filled and not k.endswith("num_batches_tracked")]
     if missing:  # cannot happen when map_keras_names succeeded; kept as a guard on the mapping
         raise UserError(f"no Keras tensor for {missing[0]}")
+    fill(state, arrays, mapping.pairs)
+    return model, mapping
+
+
+def fill(state: dict, arrays: dict[str, np.ndarray], pairs) -> None:
+    """Copy each Keras array into its state-dict tensor (``pairs``: (Keras key, torch key)), in
+    PyTorch's layout and float32. Every problem is reported: first the shapes (a huge tensor is
+    refused before it is scanned), then the values."""
     problems = Problems()
-    for key, tkey in mapping.pairs:
+    for key, tkey in pairs:
         if relayout(arrays[key], TO_TORCH_AXES).shape != state[tkey].shape:
             problems.add(f"tensor {key!r} has shape {arrays[key].shape}, which does not fit {tkey} "
                          f"(PyTorch shape {tuple(state[tkey].shape)})")
     problems.check()
-    for key, tkey in mapping.pairs:
+    for key, tkey in pairs:
         with problems.each():
             value = checked_cast(key, relayout(arrays[key], TO_TORCH_AXES), np.float32)
             if tkey.endswith("running_var") and (value < 0).any():
                 raise UserError(f"tensor {key!r} is a BatchNorm moving variance with negative values")
             state[tkey].copy_(torch.from_numpy(value))
     problems.check()
-    return model, mapping
 
 
 def format_report(arrays, mapping: Mapping) -> str:
@@ -73,9 +84,15 @@ def format_report(arrays, mapping: Mapping) -> str:
     return "\n".join(f"{k}  {tuple(arrays[k].shape)}  ->  {t}" for k, t in mapping.pairs)
 
 
-def keras_to_model(keras: KerasFile, source, shortcut_from_raw: bool = False) -> tuple[ResidualNetwork, Mapping]:
-    """The network of a Keras file read by ``read_keras_file`` (``source``: its path, for messages),
-    carrying the Keras names of its tensors for the way back; and the Mapping (the report)."""
+def keras_to_model(keras: KerasFile, source, shortcut_from_raw: bool = False) -> tuple[nn.Module, Mapping]:
+    """The network of a Keras file read by ``read_keras_file`` (``source``: its path, for messages):
+    a ``keras.applications`` ResNet (``applications.recognised_model``) or the course's network,
+    carrying the Keras names of its tensors for the way back; and the Mapping (the report). A file
+    of another network is refused, saying what it holds."""
+    if is_family(keras.arrays) or keras.description is not None:
+        return recognised_model(keras, source)
+    if not looks_like_course(keras.arrays):
+        raise UserError(f"{source}: {other_network(keras.arrays)}")
     model, mapping = network_of(keras.arrays, shortcut_from_raw)
     if keras.num_classes is not None and keras.num_classes != mapping.num_classes:
         raise UserError(f"{source}: its model description has {keras.num_classes} classes, its weights {mapping.num_classes}")
@@ -86,6 +103,17 @@ def keras_to_model(keras: KerasFile, source, shortcut_from_raw: bool = False) ->
                               "groups": keras.h5_groups}
     model.keras_names = KerasNames.of(names, f"the Keras names of {source}")
     return model, mapping
+
+
+def looks_like_course(arrays) -> bool:
+    """Whether the arrays are the course network's, some perhaps damaged: bias-free convolutions,
+    most of them of its shapes (another network is refused as such, the course's in detail)."""
+    shapes = {(3, 3, 3, BLOCKS[0][0])} | {s for cin, cout, _ in BLOCKS
+                                          for s in ((3, 3, cin, cout), (3, 3, cout, cout), (1, 1, cin, cout))}
+    kernels = [key for key, a in arrays.items() if getattr(a, "ndim", 0) == 4]
+    paths = {keras_path(key) for key in arrays}
+    biased = any(keras_path(k).rsplit("/", 1)[0] + "/bias" in paths for k in kernels)
+    return not biased and 2 * sum(arrays[k].shape in shapes for k in kernels) > len(kernels)
 
 
 def convert_keras_file(src, dst, shortcut_from_raw: bool = False):
@@ -125,9 +153,8 @@ def state_dict_to_keras(state: dict[str, torch.Tensor], names: list[tuple[str, s
     (Keras name, torch key, dtype) or, without them, in fresh Keras 3 naming as float32
     (``default_keras_names``: the paths of ``keras_model.build(num_classes)`` in a new session).
     Refuses what the converter would refuse on the way back."""
-    num_classes = state["head.weight"].shape[0]
     if names is None:
-        names = [(k, t, "float32") for k, t in default_keras_names(num_classes)]
+        names = [(k, t, "float32") for k, t in default_keras_names(state["head.weight"].shape[0])]
     out = {}
     for key, tkey, dtype in names:
         if tkey not in state:
@@ -155,6 +182,8 @@ def model_to_keras(model: ResidualNetwork, h5: bool, use_source_names: bool = Tr
     """The network's tensors as Keras-named arrays: (arrays, the Keras 3 file's groups (``h5``) or None,
     where the names came from or None). The names the network carries (``model.keras_names``) unless
     ``use_source_names`` is False, else fresh Keras 3 names (``keras_model.build``'s)."""
+    if isinstance(model, KerasResNet):
+        return family_to_keras(model, h5, use_source_names)
     state = model.state_dict()
     names_of = model.keras_names if use_source_names else None
     record, where = (names_of.record(), names_of.where) if names_of is not None else (None, None)
@@ -188,14 +217,15 @@ def export_keras_file(src, dst, use_source_names: bool = True):
     Keras 3 weights file for a name ending in ``.weights.h5`` (the structure of the Keras 3 file the
     weights came from, else of ``keras_model.build``), else a pickle of Keras-named arrays (the names
     of the file they came from, else fresh Keras 3 names). Returns (arrays, where the names came
-    from, or None)."""
+    from, or None, the Keras model the fresh names are of)."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() in (src.resolve(), names_sidecar(src).resolve()):
         raise UserError(f"output {dst} is the input state dict or its names file; choose another path")
     h5 = check_keras_output(dst)
-    arrays, groups, where = model_to_keras(load_model(src), h5, use_source_names)
+    model = load_model(src)
+    arrays, groups, where = model_to_keras(model, h5, use_source_names)
     write_keras_arrays(dst, arrays, groups)
-    return arrays, where
+    fresh = f"keras.applications.{model.spec.name}" if isinstance(model, KerasResNet) else "keras_model.build"
+    return arrays, where, fresh
 
 
-export_keras_pickle = export_keras_file  # the name the API knows

@@ -24,7 +24,7 @@ What does not fit is reported in full: every unreadable name, odd layer and odd 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -246,6 +246,7 @@ def _assign_layers(layers: list[Layer], arrays) -> dict[str, Layer]:
 class Mapping:
     num_classes: int
     pairs: list[tuple[str, str]]  # (Keras key, torch key), in the Keras dict's order
+    summary: list[str] = field(default_factory=list)  # what the report says about the network
 
 
 def map_keras_names(arrays: dict[str, np.ndarray]) -> Mapping:

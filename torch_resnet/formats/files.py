@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import safetensors_io
 from .keras_names import names_sidecar, read_names
 from .safe_pickle import not_readable
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model import ResidualNetwork
 
 DEFAULT_PICKLE = Path("weights/resnet_cifar100.pkl")
@@ -94,9 +97,10 @@ def missing_weights(path) -> UserError:
     return UserError(f"weights file {path} not found{hint}")
 
 
-def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
-    """The ResidualNetwork in a state dict written by this project (weights only: no code runs),
-    its head as wide as the file's; every tensor checked before it is used."""
+def load_model(path, shortcut_from_raw: bool = False) -> nn.Module:
+    """The network in a state dict written by this project (weights only: no code runs): the
+    course's ResidualNetwork, its head as wide as the file's, or the ``KerasResNet`` its
+    architecture record describes; every tensor checked before it is used."""
     path = Path(path)
     if not path.is_file():
         raise missing_weights(path)
@@ -114,8 +118,44 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
             head = f.read(4096)
         raise not_readable(path, head, "a PyTorch state dict (.pt or .safetensors)",
                            f"{type(e).__name__}: {first}") from e
-    if not isinstance(state, dict) or "head.weight" not in state:
+    architecture = architecture_text(path, state)
+    if not isinstance(state, dict) or architecture is None and "head.weight" not in state:
         raise UserError(f"{path}: not a ResidualNetwork state dict (no 'head.weight')")
+    check_tensors(state, path)
+    model = model_for(state, architecture, path, shortcut_from_raw)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: does not fit {type(model).__name__}: {' '.join(str(e).split())[:300]}") from None
+    model.keras_names = read_names(path)
+    return model
+
+
+def architecture_text(path, state) -> str | None:
+    """The architecture record kept with a state dict: a safetensors file's metadata, or the
+    root entry of a ``.pt`` state dict's own ``_metadata`` (where torch keeps module versions)."""
+    if safetensors_io.is_safetensors(path):
+        return safetensors_io.metadata_text(path, safetensors_io.ARCHITECTURE)
+    root = getattr(state, "_metadata", {}).get("", {})
+    return root.get(safetensors_io.ARCHITECTURE) if isinstance(root, dict) else None
+
+
+def model_for(state: dict, architecture: str | None, path, shortcut_from_raw: bool) -> nn.Module:
+    """An empty network of the state dict's architecture (the course network without a record)."""
+    if architecture is not None:
+        from ..applications.resnet import from_architecture
+        try:
+            return from_architecture(json.loads(architecture))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise UserError(f"{path}: its architecture record is not one this project writes "
+                            f"({type(e).__name__}: {first_line(str(e))})") from None
+    if state["head.weight"].dim() != 2 or state["head.weight"].shape[0] < 1:
+        raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
+    return ResidualNetwork(state["head.weight"].shape[0], shortcut_from_raw)
+
+
+def check_tensors(state: dict, path) -> None:
+    """Every entry a dense floating-point tensor of finite values (counters aside)."""
     for key, value in state.items():
         if not isinstance(key, str):
             raise UserError(f"{path}: key {key!r} is not a parameter name")
@@ -129,27 +169,22 @@ def load_model(path, shortcut_from_raw: bool = False) -> ResidualNetwork:
             raise UserError(f"{path}: {key} has dtype {value.dtype}, expected floating point")
         if not torch.isfinite(value.float()).all():  # the model is float32: 1e300 in float64 would be inf
             raise UserError(f"{path}: {key} holds non-finite values (NaN or inf) or values too large for float32")
-    if state["head.weight"].dim() != 2 or state["head.weight"].shape[0] < 1:
-        raise UserError(f"{path}: head.weight has shape {tuple(state['head.weight'].shape)}, expected (classes, 256)")
-    model = ResidualNetwork(state["head.weight"].shape[0], shortcut_from_raw)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path}: does not fit ResidualNetwork: {' '.join(str(e).split())[:300]}") from None
-    model.keras_names = read_names(path)
-    return model
 
 
-def save_model(model: ResidualNetwork, path) -> None:
-    """``model``'s state dict at ``path`` with its Keras names: a ``.safetensors`` file (the names in
-    its metadata) for that suffix, else ``torch.save``'s format and the names in ``NAME.keras_names.json``
-    (an earlier file's names removed when the model has none). Atomic: a failure leaves neither file."""
+def save_model(model: nn.Module, path) -> None:
+    """``model``'s state dict at ``path`` with its Keras names (and a ``KerasResNet``'s architecture):
+    a ``.safetensors`` file (both in its metadata) for that suffix, else ``torch.save``'s format, the
+    architecture in the state dict's ``_metadata`` and the names in ``NAME.keras_names.json`` (an
+    earlier file's names removed when the model has none). Atomic: a failure leaves neither file."""
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in model.state_dict().items())
     names = model.keras_names.text if model.keras_names is not None else None
+    architecture = json.dumps(model.architecture) if hasattr(model, "architecture") else None
     if path.suffix == ".safetensors":
-        atomic_write(path, lambda tmp: safetensors_io.write(tmp, state, names))
+        atomic_write(path, lambda tmp: safetensors_io.write(tmp, state, names, architecture))
         return
+    if architecture is not None:
+        state._metadata = OrderedDict({"": {safetensors_io.ARCHITECTURE: architecture}})
     sidecar = names_sidecar(path)
 
     def names_then_weights():  # the names once the weights are whole on disk, just before their rename

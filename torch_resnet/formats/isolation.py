@@ -27,7 +27,8 @@ from ..errors import UserError, first_line
 CPU_SECONDS = 5.0  # plus CPU_SECONDS_PER_MB of the file: a good 100 MB file parses in well under a second
 CPU_SECONDS_PER_MB = 0.05
 WALL_FACTOR, WALL_EXTRA = 4, 30  # wall time allowed: slow disks (a mounted Drive) wait on I/O, not CPU
-MEMORY_BYTES = 768 * 2**20  # address space over what the child holds after its imports
+MEMORY_BYTES = 768 * 2**20  # address space over what the child holds after its imports,
+MEMORY_PER_FILE_BYTE = 3  # and 3 bytes per byte of the file: its tensors read, copied out, inflated
 HEADER_BYTES = 16 * 2**20
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -48,7 +49,7 @@ def read_isolated(path, kind: str):
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                HDF5_USE_FILE_LOCKING="FALSE")
     proc = subprocess.Popen([sys.executable, "-I", "-c", CHILD, PACKAGE_ROOT, os.fspath(path), kind, str(cpu),
-                             str(MEMORY_BYTES)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             str(MEMORY_BYTES + MEMORY_PER_FILE_BYTE * int(size_mb * 2**20))], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     damaged = f"{path}: not a readable Keras file, truncated or damaged"
     try:
@@ -73,7 +74,7 @@ def read_isolated(path, kind: str):
         lines = [first_line(str(line)) for line in header["error"]] or [damaged]
         raise UserError(lines[0], lines[1:])
     return KerasFile(str(header["kind"]), arrays, dict(header["h5_paths"]), list(header["h5_groups"]),
-                     header["num_classes"])
+                     header["num_classes"], header.get("description"))
 
 
 def _decode(out: bytes, max_bytes: int):
@@ -111,7 +112,7 @@ def child_main(argv) -> None:
         result = read_h5(h5py.File(path, "r", locking=False), path) if kind == "hdf5" else read_zip(path)
         arrays = {k: np.ascontiguousarray(v) for k, v in result.arrays.items()}
         header = {"kind": result.kind, "h5_paths": result.h5_paths, "h5_groups": result.h5_groups,
-                  "num_classes": result.num_classes,
+                  "num_classes": result.num_classes, "description": result.description,
                   "arrays": [[k, v.dtype.str, list(v.shape)] for k, v in arrays.items()]}
     except UserError as e:
         header, arrays = {"error": e.lines()}, {}

@@ -12,6 +12,7 @@ settings of its layers. A model of the author's own class says nothing checkable
 from __future__ import annotations
 
 import json
+import re
 
 from ..errors import UserError
 from ..architecture import BLOCKS, FEATURES
@@ -31,9 +32,9 @@ LAYOUT = ["Conv2D"] + ["block"] * len(BLOCKS) + ["BatchNormalization", "Activati
 CODE = ("Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda")
 
 
-def check_config(text: str, where: str) -> int | None:
-    """Refuse a config that describes another network (naming the first difference) or holds
-    code; returns the Dense layer's units where the config gives them."""
+def describe_config(text: str, where: str) -> tuple[int | None, dict | None]:
+    """(the course network's classes, None) or (None, a keras.applications ResNet's description:
+    ``family_description``) of a model description; refused if it holds code or another network."""
     try:
         config = json.loads(text)
     except (ValueError, RecursionError) as e:
@@ -41,6 +42,16 @@ def check_config(text: str, where: str) -> int | None:
     _refuse_code(config, where)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise UserError(f"{where}: not a Keras model description")
+    layers = flat_layers(config)
+    if any(_get(_get(l, "config"), "kernel_size") == [7, 7] and _get(_get(l, "config"), "filters") == 64
+           for l in layers):
+        return None, family_description(layers, where)
+    return check_config(config, where), None
+
+
+def check_config(config: dict, where: str) -> int | None:
+    """Refuse a config that describes another network than the course's (naming the first
+    difference); returns the Dense layer's units where the config gives them."""
     layers = config["config"].get("layers")
     layers = [l for l in layers if _get(l, "class_name") != "InputLayer"] if isinstance(layers, list) else []
     if config.get("class_name") in ("Functional", "Model"):
@@ -112,6 +123,73 @@ def _check_shapes(layers, where) -> None:
                 raise UserError(f"{where}: the model takes inputs of shape {got[1:]}; this network takes {list(want)}")
             raise UserError(f"{where}: {_describe(i - 1)} {_name(layers[i - 1])!r} gives outputs of shape "
                             f"{got[1:]}, this network's {list(want)} (other widths or strides)")
+
+
+def flat_layers(config) -> list:
+    """Every layer of a model description, nested models' layers in their place, in order."""
+    out = []
+    for layer in _get(_get(config, "config"), "layers") or []:
+        if _get(layer, "class_name") in ("Functional", "Sequential", "Model"):
+            out += flat_layers(layer)
+        elif isinstance(layer, dict):
+            out.append(layer)
+    return out
+
+
+BACKBONE_LAYERS = ("InputLayer", "ZeroPadding2D", "Conv2D", "BatchNormalization", "Activation", "MaxPooling2D", "Add")
+BACKBONE_TAIL = re.compile(r"conv5_block\d+_out|post_bn|post_relu")  # after its last Add
+POOLING_LAYERS = {"GlobalAveragePooling2D": "avg", "GlobalMaxPooling2D": "max"}
+
+
+def family_description(layers: list, where: str) -> dict:
+    """A keras.applications ResNet with what is on top: {"pooling", "head": [{"units",
+    "activation", "dropout"}], "input_size"}; refused where a layer is not one of these."""
+    adds = [i for i, l in enumerate(layers) if _get(l, "class_name") == "Add"]
+    body, tail = layers[:adds[-1] + 1] if adds else layers, layers[adds[-1] + 1:] if adds else []
+    for layer in body:
+        if _get(layer, "class_name") not in BACKBONE_LAYERS:
+            raise UserError(f"{where}: layer {_name(layer)!r} is a {_get(layer, 'class_name')}, which a "
+                            f"keras.applications ResNet does not have; not supported")
+    while tail and BACKBONE_TAIL.fullmatch(_name(tail[0])):
+        tail = tail[1:]
+    pooling = POOLING_LAYERS.get(_get(tail[0], "class_name")) if tail else None
+    head, dropout = [], 0.0
+    for layer in tail[pooling is not None:]:
+        cls, settings = _get(layer, "class_name"), _get(layer, "config") or {}
+        if cls == "Dropout" and not dropout and isinstance(settings.get("rate"), (int, float)):
+            dropout = float(settings["rate"])
+        elif cls == "Dense" and settings.get("use_bias", True) is True and head_activation(settings) and \
+                (pooling or not head) and not (head and head[-1]["activation"] == "softmax"):
+            head.append({"units": settings.get("units"), "activation": head_activation(settings), "dropout": dropout})
+            dropout = 0.0
+        elif cls == "Activation" and head and head[-1]["activation"] == "linear" and head_activation(settings):
+            head[-1]["activation"] = head_activation(settings)
+        else:
+            raise UserError(f"{where}: layer {_name(layer)!r} ({cls}) on the ResNet's features is not supported: "
+                            f"a global pooling, then Dense, Dropout and Activation layers are")
+    if head and pooling is None or dropout:
+        raise UserError(f"{where}: {'a Dropout after the last Dense' if dropout else 'Dense layers on the unpooled feature map'}"
+                        f" is not supported")
+    return {"pooling": pooling, "head": head, "input_size": _input_size(layers)}
+
+
+def head_activation(settings: dict) -> str | None:
+    """A Dense's or Activation's activation, where it is one a head can have here."""
+    from ..applications.specs import ACTIVATIONS
+
+    activation = settings.get("activation", "linear")
+    return activation if activation in ACTIVATIONS else None
+
+
+def _input_size(layers) -> list[int] | None:
+    """[height, width] the model was built for, where its description says."""
+    for layer in layers:
+        settings = _get(layer, "config") or {}
+        shape = settings.get("batch_shape") or settings.get("batch_input_shape") or \
+            _get(_get(layer, "build_config"), "input_shape")
+        if isinstance(shape, list) and len(shape) == 4:
+            return shape[1:3] if all(isinstance(n, int) for n in shape[1:3]) else None
+    return None
 
 
 def _refuse_code(value, where) -> None:

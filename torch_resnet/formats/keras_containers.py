@@ -13,12 +13,12 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
-from .keras_config import check_config
+from .keras_config import describe_config
 from .keras_h5 import Reader, is_keras2, read_keras2, read_keras3
 from .safe_pickle import NEEDS_NO_CONVERSION
 
 HDF5_MAGIC, ZIP_MAGIC = b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"
-MAX_WEIGHTS_ENTRY = 100 * 2**20  # a .keras's model.weights.h5, optimizer state included (52 MB with Adam)
+MAX_WEIGHTS_ENTRY = 1024 * 2**20  # a .keras's model.weights.h5, optimizer state included (ResNet152 with Adam: 723 MB)
 MAX_CONFIG_ENTRY = 2**20
 NOT_KERAS = "not a Keras pickle, .keras or .h5"
 
@@ -30,18 +30,19 @@ class KerasFile:
     h5_paths: dict[str, str] = field(default_factory=dict)  # Keras 3 files: each array's dataset
     h5_groups: list[str] = field(default_factory=list)  # and every group, to write the file back
     num_classes: int | None = None  # where the file's model description gives it
+    description: dict | None = None  # a keras.applications ResNet's model description (keras_config)
 
 
-def read_h5(f: h5py.File, where: str, kind: str | None = None, num_classes: int | None = None) -> KerasFile:
+def read_h5(f: h5py.File, where: str, kind: str | None = None, described=(None, None)) -> KerasFile:
     with f:
         reader = Reader(f, where)
         if is_keras2(f):
             config = reader.text("model_config")
-            classes = check_config(config, f"{where} (model_config)") if config is not None else None
-            result = KerasFile("Keras 2 .h5", read_keras2(reader), num_classes=classes)
+            described = describe_config(config, f"{where} (model_config)") if config is not None else described
+            result = KerasFile("Keras 2 .h5", read_keras2(reader), {}, [], *described)
         else:
             arrays, paths, groups = read_keras3(reader)
-            result = KerasFile(kind or "Keras 3 .weights.h5", arrays, paths, groups, num_classes)
+            result = KerasFile(kind or "Keras 3 .weights.h5", arrays, paths, groups, *described)
     if not result.arrays:
         raise UserError(f"{where}: no Keras weights in this HDF5 file")
     return result
@@ -58,12 +59,12 @@ def read_zip(path) -> KerasFile:
         limits = {"config.json": MAX_CONFIG_ENTRY, "model.weights.h5": MAX_WEIGHTS_ENTRY}
         for name, limit in limits.items():  # both sizes as declared, before anything is inflated
             _check_size(z, name, z.getinfo(name).file_size, limit)
-        classes = check_config(_entry(z, "config.json", MAX_CONFIG_ENTRY).decode("utf8", "replace"),
+        described = describe_config(_entry(z, "config.json", MAX_CONFIG_ENTRY).decode("utf8", "replace"),
                                f"{path} (config.json)")
         weights = _entry(z, "model.weights.h5", MAX_WEIGHTS_ENTRY)
     if weights[:8] != HDF5_MAGIC:
         raise UserError(f"{path}: its model.weights.h5 is not an HDF5 file")
-    return read_h5(h5py.File(io.BytesIO(weights), "r"), f"{path} (model.weights.h5)", "Keras 3 .keras", classes)
+    return read_h5(h5py.File(io.BytesIO(weights), "r"), f"{path} (model.weights.h5)", "Keras 3 .keras", described)
 
 
 def _entry(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
@@ -78,5 +79,5 @@ def _entry(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
 
 def _check_size(z: zipfile.ZipFile, name: str, size: int, limit: int) -> None:
     if size > limit:
-        raise UserError(f"{z.filename}: {name} would inflate to {size / 2**20:.0f} MB, more than this network's "
+        raise UserError(f"{z.filename}: {name} would inflate to {size / 2**20:.0f} MB, more than a supported network's "
                         f"weights can need ({limit >> 20} MB); not read")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from ..applications.keras_files import other_layers, other_network
 from ..errors import Problems, UserError
 
-MAX_READ_BYTES = 64 * 2**20  # all tensors read: the network is 17 MB in float32, 35 MB in float64
+MAX_READ_BYTES = 768 * 2**20  # all tensors read: ResNet152 is 241 MB in float32 (the course network 17 MB)
 MAX_ATTR_BYTES = 2**20
 MAX_DEPTH, MAX_OBJECTS = 16, 20_000
 # Keras 3 numbers a layer's variables; the number and ranks of them say which they are.
@@ -85,7 +86,7 @@ class Reader:
         chunk = int(np.prod(dset.chunks)) if dset.chunks else 0
         nbytes = max(dset.size, chunk) * dset.dtype.itemsize
         if nbytes > self.left:
-            self.refuse(f"dataset {path} of shape {dset.shape} ({dset.dtype}) is more than this network's "
+            self.refuse(f"dataset {path} of shape {dset.shape} ({dset.dtype}) is more than a supported network's "
                         f"weights can be ({MAX_READ_BYTES >> 20} MB in all); not read")
         self.left -= nbytes
         return np.asarray(dset[()])
@@ -153,6 +154,8 @@ def read_keras3(reader: Reader):
             problems.add(f"{reader.where}: dataset {path} is not a layer's variable (<layer>/vars/<number>)")
             continue
         variables.setdefault(layer[:-len("vars")].rstrip("/"), {})[int(name)] = (obj, path)
+    if other_layers(variables):  # say what the file holds before what does not fit
+        reader.refuse(other_network({layer: None for layer in variables}))
     arrays, paths = {}, {}
     for layer, found in variables.items():
         with problems.each():

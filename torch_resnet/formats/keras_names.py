@@ -47,7 +47,7 @@ def read_names(weights) -> KerasNames | None:
     """The Keras names kept with the weights file ``weights`` (its sidecar, or a safetensors file's
     metadata), if any."""
     if safetensors_io.is_safetensors(weights):
-        text = safetensors_io.keras_names_text(weights)
+        text = safetensors_io.metadata_text(weights)
         return None if text is None else KerasNames(text, f"{weights} (its metadata)")
     sidecar = names_sidecar(weights)
     if not sidecar.is_file():

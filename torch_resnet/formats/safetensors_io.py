@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError
 
 KERAS_NAMES = "keras_names"  # metadata key: the names record, as JSON text
+ARCHITECTURE = "architecture"  # metadata key: which network of the family (``KerasResNet.architecture``), as JSON
 MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
@@ -19,10 +20,12 @@ def is_safetensors(path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= MAX_HEADER
 
 
-def write(path, state: dict[str, torch.Tensor], keras_names: str | None) -> None:
-    """``keras_names``: the names record as JSON text (``keras_names.KerasNames.text``)."""
+def write(path, state: dict[str, torch.Tensor], keras_names: str | None, architecture: str | None = None) -> None:
+    """``keras_names``: the names record as JSON text (``keras_names.KerasNames.text``);
+    ``architecture``: the network's, as JSON text (none for the course network)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={KERAS_NAMES: keras_names} if keras_names else None)
+    metadata = {key: text for key, text in ((KERAS_NAMES, keras_names), (ARCHITECTURE, architecture)) if text}
+    save_file(tensors, str(path), metadata=metadata or None)
 
 
 def read(path) -> dict[str, torch.Tensor]:
@@ -33,10 +36,10 @@ def read(path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable safetensors file ({type(e).__name__}: {first})") from None
 
 
-def keras_names_text(path) -> str | None:
-    """The names record kept in the file's metadata, as JSON text, if any."""
+def metadata_text(path, key: str = KERAS_NAMES) -> str | None:
+    """A record kept in the file's metadata (``KERAS_NAMES``, ``ARCHITECTURE``), as JSON text, if any."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get(KERAS_NAMES)
+            return (f.metadata() or {}).get(key)
     except (SafetensorError, OSError, ValueError, RuntimeError):
         return None
