@@ -94,6 +94,9 @@ class ResidualNetwork(nn.Module):
     (``formats.keras_names.KerasNames``), for the way back; every file format we write keeps them.
     """
 
+    preprocess = "tf"  # its inputs: images_to_input's x / 127.5 - 1, as the course scaled them
+    input_size = [32, 32]  # the images it was trained on (CIFAR's); it takes any size
+
     def __init__(self, num_classes: int = 100, shortcut_from_raw: bool = False):
         super().__init__()
         self.backbone = Backbone(shortcut_from_raw)
@@ -108,16 +111,27 @@ class ResidualNetwork(nn.Module):
         return self.head(self.backbone(x))
 
 
-def images_to_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+# Keras' preprocess_input "caffe" mode (the v1 ResNets): BGR channels, each less its ImageNet mean
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def images_to_input(images: torch.Tensor, channels_last: bool = False, mode: str = "tf") -> torch.Tensor:
     """The network's input scaling, the one the whole project uses (training, evaluation, the
-    Keras runs): uint8 images, NCHW as CIFAR stores them or NHWC as Keras takes them (told apart
-    by where the 3 colour channels are), -> float NCHW in [-1, 1]; with ``channels_last`` in
-    that memory format."""
+    Keras runs): uint8 RGB images, NCHW as CIFAR stores them or NHWC as Keras takes them (told
+    apart by where the 3 colour channels are), -> float NCHW as Keras' ``preprocess_input`` of the
+    network's ``mode`` makes them: "tf" (the course network, the V2 ResNets) x / 127.5 - 1, in
+    [-1, 1]; "caffe" (the v1 ResNets) RGB -> BGR less the ImageNet mean. With ``channels_last``
+    in that memory format."""
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     if images.shape[-1] == 3 and images.shape[1] != 3:
         images = images.permute(0, 3, 1, 2)
-    x = images.float().div_(127.5).sub_(1.0)  # as the course (and Keras) scales: x / 127.5 - 1
+    if mode == "caffe":  # Keras: x[..., ::-1] - mean, in float32
+        x = images.flip(1).float().sub_(torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1))
+    elif mode == "tf":
+        x = images.float().div_(127.5).sub_(1.0)  # as the course (and Keras) scales: x / 127.5 - 1
+    else:
+        raise ValueError(f"unknown preprocessing {mode!r}; expected 'tf' or 'caffe'")
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

@@ -193,6 +193,14 @@ class KerasResNet(nn.Module):
         return {"network": self.spec.name, "pooling": self.pooling, "head": [d.record() for d in self.head_layers],
                 "preprocess": self.preprocess, "input_size": self.input_size}
 
+    def replace_head(self, head: tuple[Dense, ...]) -> None:
+        """New Dense layers on the pooled features (``avg`` if the backbone pooled none), initialised
+        as PyTorch initialises ``nn.Linear``; the Keras names of the old head no longer apply."""
+        if self.pooling is None:
+            self.pooling = self.backbone.pooling = "avg"
+        self.head_layers = tuple(head)
+        self.head = dense_head(FEATURES, self.head_layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 

@@ -1,7 +1,8 @@
-"""Fine-tune the converted CIFAR-100 network on CIFAR-10 with an explicit PyTorch loop.
+"""Fine-tune a converted network on CIFAR-10 or an image folder with an explicit PyTorch loop.
 
     python train/finetune.py --freeze     # backbone fixed, only the new 10-class head trains
     python train/finetune.py              # all convolutions train, BatchNorm frozen, very low lr
+    python train/finetune.py --freeze --weights r50.pt --data-dir birds/ --head 1024,200
 
 Outputs in --out (default runs/freeze or runs/full): model.pt, metrics.json, metrics.csv,
 curves.png, checkpoint.pt (after every epoch). A stopped run continues with its own options:
@@ -31,9 +32,7 @@ def parse_args(argv=None, prog=None) -> TrainConfig:
                                                          "written by convert/keras_pickle_to_pt.py)")
     p.add_argument("--init-from", default=None, metavar="MODEL_PT",
                    help="full regime only: start from a --freeze run's model.pt (two-stage recipe)")
-    p.add_argument("--data-dir", default=d.data_dir, help="folder holding cifar-10-batches-py/ (downloaded "
-                                                           "there when absent and a network is available)")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download CIFAR-10")
+    add_data_options(p, d)
     p.add_argument("--out", default=None, help="output folder (default runs/freeze or runs/full)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -46,9 +45,6 @@ def parse_args(argv=None, prog=None) -> TrainConfig:
     p.add_argument("--recipe", default=d.recipe, metavar="{" + ",".join(RECIPES) + "}",
                    help="the training loop: default (AdamW, cosine decay) or keras (the Keras notebook's loop: "
                         "Keras' Adam rule, constant --lr for every trained tensor, Keras Dense head init; see docs/training.md)")
-    p.add_argument("--val-size", type=val_size, default=d.val_size,
-                   help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
-                        "0: none, train on all")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seeds the new head, the validation split, the shuffling and the augmentation")
@@ -76,6 +72,27 @@ def parse_args(argv=None, prog=None) -> TrainConfig:
     for action in p._actions:  # parsed again without defaults: only the options given remain
         action.default = argparse.SUPPRESS
     return resume_config(vars(p.parse_args(argv)))
+
+
+def add_data_options(p: ArgumentParser, d: TrainConfig) -> None:
+    """Where the images come from: CIFAR-10, or an image folder (one sub-folder per class)."""
+    p.add_argument("--data-dir", default=d.data_dir, help="an image folder (one sub-folder of images per class), or "
+                   "the folder holding cifar-10-batches-py/ (downloaded there when absent and a network is available)")
+    p.add_argument("--test-dir", default=None, help="image folders: the test images, in the same class sub-folders "
+                                                     "(default: a tenth of --data-dir held out)")
+    p.add_argument("--val-dir", default=None, help="image folders: the validation images (default: --val-size held out)")
+    p.add_argument("--val-size", type=val_size, default=d.val_size,
+                   help="training images held out for validation: a fraction (0.1: a tenth) or a count (5000); "
+                        "0: none, train on all")
+    p.add_argument("--image-size", type=int, default=None, help="image folders: resize images to N x N (default: "
+                   "the size recorded with the weights, else 224)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: skip files that are not readable images (counted in metrics.json)")
+    p.add_argument("--head", default=None, metavar="WIDTHS", help="keras.applications ResNets: the new head's Dense "
+                   "widths, the last the number of classes (1024,200; default: the converted head's, or one Dense)")
+    p.add_argument("--head-dropout", type=float, default=d.head_dropout,
+                   help="with --head: a Dropout of this rate before each Dense after the first")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download CIFAR-10")
 
 
 @cli

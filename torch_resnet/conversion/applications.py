@@ -69,6 +69,8 @@ def family_to_keras(model: KerasResNet, h5: bool, use_source_names: bool = True)
     record = model.keras_names.record() if use_source_names and model.keras_names is not None else {}
     where = model.keras_names.where if record else None
     layout = record.get("keras3_h5") if h5 else record if record.get("format") == "Keras pickle" else None
+    if layout and record.get("network", {}).get("head") != model.architecture["head"]:
+        layout = None  # a new head (fine-tuning): the source file's structure no longer fits
     if layout:
         names, groups = layout.get("tensors"), layout.get("groups") if h5 else None
         if not isinstance(names, list) or h5 and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):

@@ -142,17 +142,20 @@ class DeviceBatches:
     (A split of float tensors, such as cached backbone features, is batched as it is.)
 
     Augmentation is torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` in
-    distribution: offsets uniform in 0..8 on each axis over a zero-padded image, flip with p=0.5.
+    distribution: offsets uniform in 0..8 on each axis over a zero-padded image, flip with p=0.5
+    (for larger images the padding is an eighth of the side: 28 at 224). Batches are made float
+    by ``images_to_input`` in the network's ``mode`` (its Keras ``preprocess_input``).
     All random numbers of an epoch come from a CPU generator seeded by (seed, epoch), so an epoch
     is the same on any device and after a resume.
     """
 
-    PAD = 4
     CHUNK = 16  # batches gathered and augmented together
 
     def __init__(self, split: CifarSplit, batch_size: int, device, *, shuffle: bool, augment: bool,
-                 seed: int = 0, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
+                 seed: int = 0, channels_last: bool = False, shard: tuple[int, int] = (0, 1), mode: str = "tf"):
         self.images = split.images.to(device)
+        self.pad = max(4, self.images.shape[-1] // 8) if self.images.dim() == 4 else 0
+        self.mode = mode
         self.labels = split.labels.to(device)
         self.batch_size, self.device = batch_size, torch.device(device)
         self.shuffle, self.augment, self.seed, self.channels_last = shuffle, augment, seed, channels_last
@@ -175,7 +178,7 @@ class DeviceBatches:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.augment:
-            offsets = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
+            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
             flips = torch.rand(n, generator=g) < 0.5
         if self.world > 1:  # each rank takes every world-th image of the same global order
             order = order[: self.per_rank() * self.world if self.shuffle else n][self.rank::self.world]
@@ -191,25 +194,24 @@ class DeviceBatches:
             images = self.images[idx]
             if self.augment:
                 images = self.crop_and_flip(images, offsets[chunk_start:chunk_start + chunk],
-                                            flips[chunk_start:chunk_start + chunk])
+                                            flips[chunk_start:chunk_start + chunk], self.pad)
             labels = self.labels[idx]
             for start in range(0, len(idx), self.batch_size):
                 batch = images[start:start + self.batch_size]
                 if batch.dtype == torch.uint8:  # float tensors (cached features) pass as they are
-                    batch = images_to_input(batch, self.channels_last)
+                    batch = images_to_input(batch, self.channels_last, self.mode)
                 yield batch, labels[start:start + self.batch_size]
 
     @staticmethod
-    def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """Crop each image at ``offsets`` (0..2*PAD per axis) from its zero-padded version, then
+    def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+        """Crop each image at ``offsets`` (0..2*pad per axis) from its zero-padded version, then
         mirror where ``flips``. Two gathers (rows, then columns) whose index tensors are
         broadcast views, so no padded copy and no full-size index is ever materialised."""
         b, c, h, w = images.shape
-        pad = DeviceBatches.PAD
         rows = offsets[:, 0:1] - pad + torch.arange(h, device=images.device)  # B x H source rows, may fall outside
         cols = offsets[:, 1:2] - pad + torch.arange(w, device=images.device)
         cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the columns right to left
         out = images.gather(2, rows.clamp(0, h - 1)[:, None, :, None].expand(b, c, h, w))
         out = out.gather(3, cols.clamp(0, w - 1)[:, None, None, :].expand(b, c, h, w))
         inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
-        return out * inside  # the padding is zeros, as in torchvision's RandomCrop(padding=4)
+        return out * inside  # the padding is zeros, as in torchvision's RandomCrop(padding=pad)

@@ -14,12 +14,13 @@ from filelock import FileLock, Timeout
 from .config import DEFAULT_LR, TrainConfig, option
 from ..errors import UserError
 from ..formats.files import names_sidecar, save_torch
+from ..applications.resnet import from_architecture
 from ..model import ResidualNetwork
 from .outputs import RUN_FILES, check_epoch_rows
 
 # Options that do not change the numbers a run produces, so a resumed run may set them anew.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir", "device", "out", "compile",
-                     "step_memory"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "log_every", "download", "data_dir", "test_dir", "val_dir", "device",
+                     "out", "compile", "step_memory"}
 
 
 def save_checkpoint(path: Path, stepper, *, epoch: int, history: list, cfg: TrainConfig,
@@ -30,7 +31,8 @@ def save_checkpoint(path: Path, stepper, *, epoch: int, history: list, cfg: Trai
     names = stepper.model.keras_names.text if stepper.model.keras_names is not None else None
     ckpt = {"model": stepper.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
             "scheduler": stepper.scheduler.state_dict(), "scaler": stepper.scaler.state_dict(),
-            "epoch": epoch, "history": history, "config": asdict(cfg), "keras_names": names}
+            "epoch": epoch, "history": history, "config": asdict(cfg), "keras_names": names,
+            "architecture": getattr(stepper.model, "architecture", None)}
     save_torch(ckpt, path, (lambda: clear_earlier_run(path.parent)) if replaces_earlier_run else None)
 
 
@@ -124,10 +126,10 @@ def resume_config(given: dict) -> TrainConfig:
 def checkpoint_model(ckpt: dict, path: Path) -> ResidualNetwork:
     """The network saved in ``ckpt`` (``read_checkpoint(path)``): a resumed run needs no other
     weights file."""
-    state = ckpt["model"]
-    head = state.get("head.weight")
+    state, architecture = ckpt["model"], ckpt.get("architecture")
     try:
-        model = ResidualNetwork(head.shape[0])
+        model = ResidualNetwork(state.get("head.weight").shape[0]) if architecture is None else \
+            from_architecture(architecture)
         model.load_state_dict(state)
         return model
     except UNFIT as e:

@@ -21,7 +21,13 @@ class TrainConfig:
     freeze: bool = False
     weights: str = str(DEFAULT_STATE_DICT)
     init_from: str | None = None  # a --freeze run's model.pt: start the full regime from it
-    data_dir: str = "data"
+    data_dir: str = "data"  # CIFAR-10's folder, or an image folder: one sub-folder per class
+    test_dir: str | None = None  # an image folder's test images (same classes); default: a held-out tenth
+    val_dir: str | None = None  # an image folder's validation images; default: val_size held out
+    image_size: int | None = None  # image folders: the side images are resized to; default the network's own
+    skip_bad_images: bool = False  # image folders: skip (and count) files that are not readable images
+    head: str | None = None  # keras.applications ResNets: the new head's Dense widths, "1024,200" (the last: classes)
+    head_dropout: float = 0.0  # ... with a Dropout of this rate before each Dense after the first
     out: str | None = None  # default runs/<regime>
     epochs: int = 10
     batch_size: int = 256
@@ -66,8 +72,25 @@ class TrainConfig:
                             "`freeze=True`")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise UserError(f"`compile` must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.image_size is not None and not 32 <= self.image_size <= 4096:
+            raise UserError(f"`image_size` must be between 32 and 4096 pixels, got {self.image_size}")
+        if self.head is not None:
+            self.head_widths()
+        if not 0 <= self.head_dropout < 1:
+            raise UserError(f"`head_dropout` must be in [0, 1), got {self.head_dropout}")
         if self.out == "":
             raise UserError("`out` must name a folder")
+
+    def head_widths(self) -> list[int]:
+        """``head`` as numbers: "1024,200" -> [1024, 200]."""
+        try:
+            widths = [int(w) for w in str(self.head).split(",")]
+        except ValueError:
+            widths = []
+        if not widths or min(widths) < 1:
+            raise UserError(f"`head` lists the Dense layers' widths, the last the number of classes "
+                            f"(\"1024,200\"); got {self.head!r}")
+        return widths
 
     def val_count(self, n: int) -> int:
         """How many of ``n`` training images are held out for validation."""

@@ -13,6 +13,7 @@ from ..conversion.convert import keras_to_state_dict, state_dict_to_keras
 from ..data.cifar import FORMATS, CifarFormat, CifarSplit, DeviceBatches, load_cifar
 from .distributed import pick_device
 from ..errors import UserError, check_count
+from ..data.images import ImageFolderSource
 from ..formats.files import load_model, refuse_run_folder
 from ..model import ResidualNetwork
 from .outputs import STAND_IN_NOTE, confusion_figure, title_stand_in, write_json, write_png
@@ -40,7 +41,8 @@ def predict(model: ResidualNetwork, split: CifarSplit, batch_size: int, device, 
     unless ``dtype`` (an autocast dtype) is given, in the fastest layout (channels_last)."""
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
-    batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False, channels_last=True)
+    batches = DeviceBatches(split, batch_size, device, shuffle=False, augment=False, channels_last=True,
+                            mode=model.preprocess)
     with torch.inference_mode(), autocast(device.type, dtype):
         return torch.cat([model(x).float().cpu() for x, _ in batches.epoch(0)])
 
@@ -77,9 +79,11 @@ def check_options(batch_size: int, out) -> None:
 
 def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset: str | None = None, data_dir="data",
                    out=None, batch_size: int = 256, device: str | None = None, keras_pickle=None,
-                   shortcut_from_raw: bool = False, download: bool = True, amp: str = "auto") -> dict:
+                   shortcut_from_raw: bool = False, download: bool = True, amp: str = "auto", test_dir=None,
+                   image_size: int | None = None) -> dict:
     """Evaluate ``model`` (read from ``source``, a path, or None for a network in memory) on the test
-    split; with ``out`` write eval.json and confusion.png there. With ``keras_pickle`` (any Keras file
+    split, or on the images in ``test_dir`` (class sub-folders, ``image_size`` x ``image_size``, by
+    default the network's input size); with ``out`` write eval.json and confusion.png there. With ``keras_pickle`` (any Keras file
     the converter reads), also run Keras with it and compare its logits with PyTorch's.
     ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
     check_options(batch_size, out)
@@ -88,15 +92,18 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
     dtype = amp_dtype(amp, dev, training=False)
     if dev.type == "cpu":
         keep_freed_memory()
-    fmt = pick_dataset(model.num_classes, dataset, named)
-    split = load_cifar(data_dir, fmt, "test", download)
+    if test_dir is not None:
+        name, split = folder_test_split(model, test_dir, image_size, named)
+    else:
+        fmt = pick_dataset(model.num_classes, dataset, named)
+        name, split = fmt.name, load_cifar(data_dir, fmt, "test", download)
     keras_state = None if keras_pickle is None else keras_weights(keras_pickle, shortcut_from_raw, model.num_classes)
     logits = predict(model, split, batch_size, dev, dtype=dtype)
     if not torch.isfinite(logits).all():
         raise UserError(f"{named}: the network gives non-finite logits (broken weights, e.g. a negative "
                         f"BatchNorm variance)")
     scores, confusion = metrics(logits, split.labels, split.class_names)
-    report = {"weights": source, "dataset": fmt.name, "data_dir": str(data_dir), "num_classes": model.num_classes,
+    report = {"weights": source, "dataset": name, "data_dir": str(test_dir or data_dir), "num_classes": model.num_classes,
               "n_images": len(split.labels), "stand_in_data": split.stand_in, "settings": describe(dev, dtype, True),
               **scores}
     if keras_pickle is not None:
@@ -111,12 +118,20 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
                            "agreement": (k.argmax(1) == logits.argmax(1)).double().mean().item(),
                            "max_abs_dlogit": (k - logits).abs().max().item()}
     if out is not None:
-        title = (f"{fmt.name} test, {report['n_images']} images: top-1 {report['top1']:.2%}"
+        title = (f"{name} test, {report['n_images']} images: top-1 {report['top1']:.2%}"
                  + (f"\n{Path(source).name}" if source else ""))
         fig = confusion_figure(confusion, split.class_names, title)
         write_png(Path(out) / "confusion.png", title_stand_in(fig) if split.stand_in else fig, dpi=120)
         write_json(Path(out) / "eval.json", report, indent=1)
     return report
+
+
+def folder_test_split(model, test_dir, image_size: int | None, named: str) -> tuple[str, CifarSplit]:
+    """(what the report calls it, every image of ``test_dir``), its classes checked against the head."""
+    source = ImageFolderSource(test_dir, test_dir=test_dir, image_size=image_size or model.input_size[0])
+    if source.num_classes != model.num_classes:
+        raise UserError(f"{named}: the head has {model.num_classes} classes, {test_dir} {source.num_classes} class folders")
+    return f"image folder {source.name}", source.split("test")
 
 
 def keras_weights(keras_pickle, shortcut_from_raw: bool, num_classes: int) -> dict:

@@ -65,11 +65,12 @@ def compile_with_freezing(module: nn.Module, x: torch.Tensor, dtype: torch.dtype
 
 
 def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.device, dtype: torch.dtype | None,
-                    batch: int, images: int, channels_last: bool = True) -> FrozenBackbone:
+                    batch: int, images: int, channels_last: bool = True, measured: bool = True) -> FrozenBackbone:
     """The freeze regime's backbone for a run that puts ``images`` images through it in batches of
     ``batch``: compiled with inductor freezing when ``compile_mode`` is None (auto) and the measured
     rates say it pays on this device, else eager (``--compile off``, or not worth it here); with a
-    torch.compile mode, compiled in that mode."""
+    torch.compile mode, compiled in that mode. ``measured``: whether the rates are this network's
+    (they are the course network's; another is left eager by default)."""
     module.eval()
     if compile_mode == "off":
         return FrozenBackbone(module, note="frozen backbone eager (--compile off)")
@@ -77,7 +78,8 @@ def frozen_backbone(module: nn.Module, compile_mode: str | None, device: torch.d
         mode = None if compile_mode == "default" else compile_mode
         return FrozenBackbone(module, torch.compile(module, mode=mode), None,
                               note=f"frozen backbone --compile {compile_mode}")
-    pays, why = compile_frozen_backbone(device, dtype, images)
+    pays, why = compile_frozen_backbone(device, dtype, images) if measured else (False, "compiling measured for "
+                                                                                  "the course network only")
     if not pays:
         return FrozenBackbone(module, note=f"frozen backbone eager ({why})")
     t0 = time.perf_counter()

@@ -18,6 +18,8 @@ from ..errors import UserError
 from ..formats.files import load_model, missing_weights
 from .frozen_batchnorm import freeze_batchnorm
 from .keras_recipe import keras_dense, keras_optimizer
+from ..applications.resnet import KerasResNet
+from ..applications.specs import Dense
 from ..model import FEATURES, ResidualNetwork
 
 
@@ -39,7 +41,15 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     if cfg.init_from is not None and model.num_classes != num_classes:
         raise UserError(f"`init_from` {source}: a {model.num_classes}-class model; it takes a `freeze=True` run's "
                         f"model.pt ({num_classes} classes); the converted network goes in `weights`")
-    if cfg.init_from is None and cfg.recipe == "keras":  # glorot uniform kernel, zero bias
+    if cfg.head is not None and not isinstance(model, KerasResNet):
+        raise UserError(f"`head` makes Dense layers on a keras.applications ResNet; {source} is the course network, "
+                        f"whose head is one Dense layer of the data's classes")
+    if cfg.init_from is None and isinstance(model, KerasResNet):
+        torch.manual_seed(cfg.seed)
+        model.replace_head(new_head(model, cfg, num_classes))
+        if cfg.recipe == "keras":
+            keras_init(model.head, cfg.seed)
+    elif cfg.init_from is None and cfg.recipe == "keras":  # glorot uniform kernel, zero bias
         model.head = keras_dense(FEATURES, num_classes, cfg.seed)
     elif cfg.init_from is None:
         torch.manual_seed(cfg.seed)
@@ -48,6 +58,24 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
     if cfg.freeze:
         model.backbone.requires_grad_(False)
     return model
+
+
+def new_head(model: KerasResNet, cfg: TrainConfig, num_classes: int) -> tuple[Dense, ...]:
+    """The Dense layers of ``cfg.head`` (ReLU between them, a Dropout of ``cfg.head_dropout`` before
+    each after the first), else those of the network's own head with the data's classes last."""
+    widths = cfg.head_widths() if cfg.head is not None else [d.units for d in model.head_layers[:-1]] + [num_classes]
+    if widths[-1] != num_classes:
+        raise UserError(f"`head` {cfg.head!r} ends with {widths[-1]} units; the data has {num_classes} classes")
+    names = ["dense"] + [f"dense_{i}" for i in range(1, len(widths))]
+    return tuple(Dense(w, "relu" if i < len(widths) - 1 else "linear", cfg.head_dropout if i else 0.0, names[i])
+                 for i, w in enumerate(widths))
+
+
+def keras_init(head: nn.Module, seed: int) -> None:
+    """Each Linear of ``head`` initialised as a new Keras Dense (glorot uniform kernel, zero bias)."""
+    for i, layer in enumerate(m for m in head.modules() if isinstance(m, nn.Linear)):
+        fresh = keras_dense(layer.in_features, layer.out_features, seed + i)
+        layer.load_state_dict(fresh.state_dict())
 
 
 def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -60,7 +88,7 @@ def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optim
         head_lr = cfg.head_lr if cfg.head_lr is not None else (lr if cfg.init_from else HEAD_LR)
         convs = [p for p in model.backbone.parameters() if p.requires_grad]
         groups = [{"params": convs, "lr": lr}, {"params": list(model.head.parameters()), "lr": head_lr}]
-    on_cuda = model.head.weight.is_cuda  # the fused kernel: one launch per step for all tensors
+    on_cuda = next(model.parameters()).is_cuda  # the fused kernel: one launch per step for all tensors
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=on_cuda or None)
 
 

@@ -67,12 +67,12 @@ class Stepper:
 
 @torch.no_grad()
 def backbone_features(backbone: FrozenBackbone, split: CifarSplit, batch_size: int, device: torch.device,
-                      channels_last: bool, autocast_dtype) -> CifarSplit:
+                      channels_last: bool, autocast_dtype, mode: str = "tf") -> CifarSplit:
     """The frozen backbone's features of a whole split: for --freeze without augmentation, where
-    every epoch would compute exactly these again."""
+    every epoch would compute exactly these again (``mode``: the network's preprocessing)."""
     parts = []
     for x, _ in DeviceBatches(split, batch_size, device, shuffle=False, augment=False,
-                              channels_last=channels_last).epoch(0):
+                              channels_last=channels_last, mode=mode).epoch(0):
         with autocast(device.type, autocast_dtype):
             parts.append(backbone(x).float())
     return CifarSplit(torch.cat(parts), split.labels, split.class_names)

@@ -26,7 +26,8 @@ from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, rea
                          save_checkpoint)
 from .config import TrainConfig
 from ..data.cifar import CifarSplit, DeviceBatches, split_train_val
-from ..data.source import CifarSource, DataSource
+from ..data.images import DEFAULT_IMAGE_SIZE
+from ..data.source import DataSource, source_for
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
 from ..errors import UserError
 from .evaluate import metrics as test_metrics
@@ -105,7 +106,8 @@ def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: boo
     come from (``data/source.py``); by default CIFAR-10 in ``cfg.data_dir``."""
     with distributed(cfg.device) as ctx:
         ctx.quiet = quiet
-        return train_and_test(cfg, ctx, pretrained, data or CifarSource(cfg.data_dir))
+        data = data or source_for(cfg.data_dir, cfg.test_dir, cfg.val_dir, cfg.image_size, cfg.skip_bad_images)
+        return train_and_test(cfg, ctx, pretrained, data)
 
 
 def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
@@ -115,8 +117,9 @@ def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
     with rank_zero_first(ctx):
         full_train = data.split("train", cfg.download)
         test = data.split("test", cfg.download)
-    n_val = cfg.val_count(len(full_train.labels))
-    train, val = split_train_val(full_train, n_val, cfg.seed) if n_val else (full_train, None)
+        given_val = data.split("val", cfg.download) if getattr(data, "has_val", False) else None
+    n_val = 0 if given_val is not None else cfg.val_count(len(full_train.labels))
+    train, val = split_train_val(full_train, n_val, cfg.seed) if n_val else (full_train, given_val)
     if len(train.labels) < ctx.world:  # every rank needs at least one image per epoch
         raise UserError(f"`val_size={cfg.val_size}` leaves {len(train.labels)} training images for "
                         f"{ctx.world} processes; lower it")
@@ -149,6 +152,8 @@ class Session:
     cache_seconds: float | None  # --freeze without augmentation: computing the features once
     history: list = field(default_factory=list)
     start_epoch: int = 0
+    data: str = ""  # the data source's name
+    skipped: list = field(default_factory=list)  # unreadable files an image folder skipped (skip_bad_images)
 
     @property
     def images(self) -> tuple[int, int, int]:
@@ -189,12 +194,16 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
     if ckpt is not None:
         pretrained = checkpoint_model(ckpt, out / "checkpoint.pt")
     model = prepare_model(cfg, data.num_classes, pretrained).to(device)  # its Keras names come along
+    if getattr(data, "image_size", 0) is None:  # an image folder: the network's own input size
+        data.image_size = model.input_size[0] if model.input_size and model.input_size[0] == model.input_size[1] \
+            else DEFAULT_IMAGE_SIZE
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     train, val, test = load_splits(cfg, ctx, data)
     per_rank = cfg.batch_size // ctx.world
-    eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=(ctx.rank, ctx.world))
+    eval_kw = dict(shuffle=False, augment=False, channels_last=channels_last, shard=(ctx.rank, ctx.world),
+                   mode=model.preprocess)
     val_batches = DeviceBatches(val, per_rank, device, **eval_kw) if val else None
     backbone, cache_seconds = None, None
     if cfg.freeze:
@@ -202,16 +211,18 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
                                        channels_last)
     if cfg.freeze and not cfg.augment:  # computing the features once is counted in the first epoch
         t0 = time.perf_counter()
-        train = backbone_features(backbone, train, per_rank, device, channels_last, amp_dtype(cfg.amp, device))
+        train = backbone_features(backbone, train, per_rank, device, channels_last, amp_dtype(cfg.amp, device),
+                                  model.preprocess)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cache_seconds = time.perf_counter() - t0
     train_batches = DeviceBatches(train, per_rank, device, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                                  channels_last=channels_last, shard=(ctx.rank, ctx.world))
+                                  channels_last=channels_last, shard=(ctx.rank, ctx.world), mode=model.preprocess)
     optimizer = optimizer_for(model, cfg)
     stepper = Stepper(model, optimizer, schedule(optimizer, cfg, cfg.epochs * len(train_batches)), cfg, device,
                       ctx.world, backbone)
-    s = Session(out, cfg, ctx, stepper, train_batches, val_batches, test, channels_last, backbone, cache_seconds)
+    s = Session(out, cfg, ctx, stepper, train_batches, val_batches, test, channels_last, backbone, cache_seconds,
+                data=data.name, skipped=list(getattr(data, "skipped", [])))
     if ckpt is not None:
         s.history, s.start_epoch, names = load_checkpoint(ckpt, out / "checkpoint.pt", stepper, cfg)
         model.keras_names = None if names is None else KerasNames(names, f"{out / 'checkpoint.pt'} (its Keras names)")
@@ -227,7 +238,7 @@ def frozen_backbone_for(model: ResidualNetwork, cfg: TrainConfig, ctx: RunContex
     train_images = cfg.epochs * n_train // ctx.world if cfg.augment else n_train
     images = train_images + cfg.epochs * n_val // ctx.world
     return frozen_backbone(model.backbone, cfg.compile, ctx.device, amp_dtype(cfg.amp, ctx.device),
-                           cfg.batch_size // ctx.world, images, channels_last)
+                           cfg.batch_size // ctx.world, images, channels_last, isinstance(model, ResidualNetwork))
 
 
 def schedule(optimizer, cfg: TrainConfig, total_steps: int):
@@ -245,7 +256,8 @@ def announce(s: Session) -> None:
               f"{f' x{ctx.world}' if ctx.world > 1 else ''}; {n_train} train / {n_val} val / "
               f"{n_test} test images, batch {cfg.batch_size}, "
               f"trainable parameters {trainable_parameters(s.stepper.model):,}"
-              f"{f'; {s.backbone.note}' if s.backbone else ''}", first_line=True)
+              f"{f'; {s.backbone.note}' if s.backbone else ''}"
+              f"{f'; {len(s.skipped)} unreadable files skipped' if s.skipped else ''}", first_line=True)
 
 
 @contextlib.contextmanager
@@ -302,6 +314,7 @@ def run_metrics(s: Session, scores: dict, step_memory: int | None) -> dict:
         "stand_in_data": s.test.stand_in,  # synthetic.write_cifar's stand-in, not CIFAR-10: the report says so
         "learning_rates": learning_rates(s.stepper.optimizer, model), "feature_cache_seconds": s.cache_seconds,
         "startup_seconds": s.backbone.startup_seconds if s.backbone else 0.0,  # compiling (frozen_backbone.py)
+        "data": s.data, "skipped_images": s.skipped, "network": getattr(model, "architecture", None),
         "config": asdict(cfg),
     }
     ctx.print(f"test loss {scores['test_loss']:.4f}  test accuracy {scores['test_accuracy']:.4f}  "
