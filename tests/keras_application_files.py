@@ -48,6 +48,10 @@ def seed_models(out: Path, size: int, randomize):
         model.save(out / f"{name}.keras")
         model.save_weights(out / f"{name}.weights.h5")
     np.savez(out / "seed_outputs.npz", **outputs)
+    images = np.random.default_rng(9).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.savez(out / "preprocess.npz", images=images,
+             caffe=keras.applications.resnet.preprocess_input(images.astype(np.float32)),
+             tf=keras.applications.resnet_v2.preprocess_input(images.astype(np.float32)))
     return sequential
 
 

@@ -13,6 +13,7 @@ import torch
 from conftest import FIGURES, KerasApplications, assert_refused, call_script
 from torch_resnet.applications.keras_files import keras_name
 from torch_resnet.formats.files import load_model
+from torch_resnet.model import images_to_input
 
 pytestmark = [pytest.mark.keras, pytest.mark.slow]
 
@@ -95,6 +96,16 @@ def test_the_way_back_loads_into_keras(keras_files, source, back, kind, fresh, t
     dlogit, logit = float(np.abs(logits - ref["logits"]).max()), float(np.abs(ref["logits"]).max())
     FIGURES.append((f"applications export {source} -> {back} -> Keras {kind}", f"max|dlogit| {dlogit:.2e}"))
     assert dlogit <= TOL * logit
+
+
+def test_preprocessing_is_keras_preprocess_input_exactly(keras_files):
+    """v1's "caffe" and V2's "tf" preprocess_input, as Keras computes them, bit for bit."""
+    keras_files.wait_for("seed head")
+    with np.load(keras_files.folder / "preprocess.npz") as keras:
+        images = torch.from_numpy(keras["images"])  # NHWC uint8, as Keras takes them
+        for mode in ("caffe", "tf"):
+            ours = images_to_input(images, mode=mode).permute(0, 2, 3, 1).numpy()
+            assert ours.dtype == keras[mode].dtype and np.array_equal(ours, keras[mode]), mode
 
 
 def original_names(layer):

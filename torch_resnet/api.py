@@ -30,14 +30,18 @@ from .errors import UserError
 from .formats.files import load_model, save_model
 from .formats.keras_names import names_sidecar
 from .formats.keras_files import read_keras_file
+from .applications.resnet import KerasResNet
 from .model import ResidualNetwork
+
+NETWORKS = (ResidualNetwork, KerasResNet)  # the course's network, keras.applications' ResNets
 from .training.outputs import curves_figure
 
 PathLike = str | os.PathLike
 
 
 def from_keras(path: PathLike, *, out: PathLike | None = None, shortcut_from_raw: bool = False) -> ResidualNetwork:
-    """Convert Keras weights into a ``ResidualNetwork`` (what ``convert/keras_pickle_to_pt.py`` does).
+    """Convert Keras weights into a ``ResidualNetwork`` or, for a keras.applications ResNet (with its
+    top, none or Dense layers of one's own), a ``KerasResNet`` (what ``convert/keras_pickle_to_pt.py`` does).
 
     Parameters
     ----------
@@ -73,8 +77,8 @@ def save(model: ResidualNetwork, path: PathLike) -> Path:
     """Write ``model``'s state dict to ``path``: a ``.safetensors`` file for that suffix, else a ``.pt``
     (what ``load``, ``--weights`` and ``torch.load(weights_only=True)`` read), with its Keras names
     when it came from Keras. Written atomically: an earlier file is replaced whole or not at all."""
-    if not isinstance(model, ResidualNetwork):
-        raise UserError(f"save() takes a ResidualNetwork, got {type(model).__name__}")
+    if not isinstance(model, NETWORKS):
+        raise UserError(f"save() takes a ResidualNetwork or a KerasResNet, got {type(model).__name__}")
     save_model(model, path)
     return Path(path)
 
@@ -106,7 +110,7 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
              data_dir: PathLike = TrainConfig.data_dir, out: PathLike | None = None,
              recipe: str = TrainConfig.recipe, device: str = TrainConfig.device, amp: str = TrainConfig.amp,
              **options) -> Run:
-    """Fine-tune on CIFAR-10 (what ``train/finetune.py`` does), in one of the two regimes.
+    """Fine-tune on CIFAR-10 or an image folder (what ``train/finetune.py`` does), in one of the two regimes.
 
     Parameters
     ----------
@@ -123,7 +127,9 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     **options
         Any other option of the trainer: ``head_lr``, ``weight_decay``, ``val_size``, ``seed``,
         ``augment``, ``channels_last``, ``compile``, ``step_memory``, ``resume``, ``overwrite``,
-        ``download``, ``log_every``, ``weights``, ``init_from``.
+        ``download``, ``log_every``, ``weights``, ``init_from``; for image folders (``data_dir`` with
+        one sub-folder per class) ``test_dir``, ``val_dir``, ``image_size``, ``skip_bad_images``; for
+        keras.applications ResNets ``head`` ("1024,200") and ``head_dropout``.
 
     Returns
     -------
@@ -139,7 +145,7 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     model = None
     if isinstance(model_or_path, Run):
         given["init_from"] = model_or_path.folder / "model.pt"
-    elif isinstance(model_or_path, ResidualNetwork):
+    elif isinstance(model_or_path, NETWORKS):
         model = model_or_path
     elif model_or_path is not None:
         given["weights"] = model_or_path
@@ -152,7 +158,7 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
 
 def network(model_or_path: ResidualNetwork | PathLike | Run) -> tuple[ResidualNetwork, str | None]:
     """(the network, the file it was read from or None) for a network, a Run or a path."""
-    if isinstance(model_or_path, ResidualNetwork):
+    if isinstance(model_or_path, NETWORKS):
         return model_or_path, None
     path = model_or_path.folder / "model.pt" if isinstance(model_or_path, Run) else Path(model_or_path)
     return load_model(path), str(path)
@@ -161,8 +167,9 @@ def network(model_or_path: ResidualNetwork | PathLike | Run) -> tuple[ResidualNe
 def evaluate(model_or_path: ResidualNetwork | PathLike | Run, *, data_dir: PathLike = "data",
              dataset: str | None = None, out: PathLike | None = None, batch_size: int = 256,
              device: str | None = None, amp: str = "auto", download: bool = True,
-             shortcut_from_raw: bool = False, keras: PathLike | None = None) -> dict:
-    """Evaluate on the CIFAR test split (what ``train/evaluate.py`` does).
+             shortcut_from_raw: bool = False, keras: PathLike | None = None, test_dir: PathLike | None = None,
+             image_size: int | None = None) -> dict:
+    """Evaluate on the CIFAR test split or a folder of test images (what ``train/evaluate.py`` does).
 
     Parameters
     ----------
@@ -180,6 +187,9 @@ def evaluate(model_or_path: ResidualNetwork | PathLike | Run, *, data_dir: PathL
     keras : str or Path, optional
         A Keras pickle of the same network: Keras itself (TensorFlow, in a child process) is run
         on the same images and compared.
+    test_dir : str or Path, optional
+        Instead of CIFAR: a folder of test images, one sub-folder per class (the network's classes,
+        sorted by name), resized to ``image_size`` (default: the network's input size).
 
     Returns
     -------
@@ -188,13 +198,13 @@ def evaluate(model_or_path: ResidualNetwork | PathLike | Run, *, data_dir: PathL
         the file evaluated, None for a network object).
     """
     evaluation.check_options(batch_size, out)
-    if isinstance(model_or_path, ResidualNetwork) or shortcut_from_raw is False:
+    if isinstance(model_or_path, NETWORKS) or shortcut_from_raw is False:
         model, source = network(model_or_path)
     else:  # the file's network, with the other shortcut
         model, source = load_model(Path(model_or_path), shortcut_from_raw), str(model_or_path)
     return evaluation.evaluate_model(model, source, dataset=dataset, data_dir=data_dir, out=out, batch_size=batch_size,
                                      device=device, keras_pickle=keras, shortcut_from_raw=shortcut_from_raw,
-                                     download=download, amp=amp)
+                                     download=download, amp=amp, test_dir=test_dir, image_size=image_size)
 
 
 @dataclasses.dataclass(repr=False)
