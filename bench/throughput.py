@@ -2,6 +2,7 @@
 """Throughput of both training regimes and of inference, ours against our peers, side by side.
 
     python bench/throughput.py --device cpu --regimes freeze full infer --peer keras --json FILE
+    python bench/throughput.py --network ResNet50 --image-size 224 --head 1024,200 --regimes freeze full
 
 Each measurement runs in a fresh process of its own (peak memory is each one's own, TensorFlow
 never shares a process with PyTorch, nobody runs in another's warmed-up process):
@@ -20,6 +21,9 @@ never shares a process with PyTorch, nobody runs in another's warmed-up process)
   memory    peak (CUDA max allocated, or the process's peak RSS on CPU) and, for training, the
             step-memory accounting of torch_resnet.training.memory.step_memory_bytes.
 Data: CIFAR-10 python batches under --data-dir, else a learnable stand-in of --images images.
+--network NAME (a keras.applications ResNet): the course's birds model on it (--head Dense widths
+on the pooled features, BatchNorm frozen) at --image-size, on random images (speed does not
+depend on the pixels), in batches of 32 by default; its peer is keras_peer.py's same model.
 """
 import argparse
 import importlib.util
@@ -37,8 +41,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from torch_resnet import ResidualNetwork  # noqa: E402
+from torch_resnet.applications import SPECS, build  # noqa: E402
 from torch_resnet.training.config import AMP_MODES, COMPILE_MODES, TrainConfig  # noqa: E402
-from torch_resnet.data.cifar import CIFAR10, DeviceBatches, load_cifar  # noqa: E402
+from torch_resnet.data.cifar import CIFAR10, CifarSplit, DeviceBatches, load_cifar  # noqa: E402
 from torch_resnet.training.distributed import pick_device  # noqa: E402
 from torch_resnet.errors import UserError, check_count  # noqa: E402
 from torch_resnet.cli.shell import ArgumentParser, cli  # noqa: E402
@@ -69,23 +74,35 @@ def timed(device, fn) -> float:
 DEFAULT_RUN_IMAGES = 10 * (45_000 + 5_000)  # through a default run's frozen backbone: 10 epochs, trained and validated
 
 
-def regime_stepper(cfg: TrainConfig, device) -> Stepper:
+def random_network(args):
+    """A random network of --network: the course's (100 classes), or a keras.applications ResNet
+    without its top (the trainer puts --head on it)."""
+    torch.manual_seed(0)
+    if args.network == "course":
+        return ResidualNetwork(100)
+    return build(args.network, include_top=False, pooling="avg")
+
+
+def regime_stepper(cfg: TrainConfig, device, args) -> Stepper:
     """The trainer's step for ``cfg``'s regime and settings on a random network, at a constant rate,
     with the frozen backbone a default run gets (compiled where train/finetune.py would)."""
-    torch.manual_seed(0)
-    model = prepare_model(cfg, pretrained=ResidualNetwork(100)).to(device, memory_format=torch.channels_last)
+    classes = 10 if args.network == "course" else int(args.head.split(",")[-1])
+    model = prepare_model(cfg, classes, random_network(args)).to(device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg)
     backbone = frozen_backbone(model.backbone, cfg.compile, device, amp_dtype(cfg.amp, device), cfg.batch_size,
-                               DEFAULT_RUN_IMAGES) if cfg.freeze else None
+                               DEFAULT_RUN_IMAGES, measured=args.network == "course") if cfg.freeze else None
     return Stepper(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), cfg, device,
                    backbone=backbone)
 
 
 def ours_training(regime, data, args, device):
-    cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile)
-    stepper = regime_stepper(cfg, device)
+    cfg = TrainConfig(freeze=regime == "freeze", batch_size=args.batch_size, amp=args.amp, compile=args.compile,
+                      head=None if args.network == "course" else args.head,
+                      head_dropout=0.0 if args.network == "course" else 0.4)
+    stepper = regime_stepper(cfg, device, args)
     startup_s = stepper.backbone.startup_seconds if cfg.freeze else 0.0
-    batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=True)
+    batches = DeviceBatches(data, args.batch_size, device, shuffle=True, augment=True, channels_last=True,
+                            mode=stepper.model.preprocess)
     compile_s = timed(device, lambda: train_one_epoch(stepper, batches, 0, log_every=10**9, progress=False))
     epoch_s = timed(device, lambda: train_one_epoch(stepper, batches, 1, log_every=cfg.log_every, progress=False))
     x, y = (t.clone() for t in next(batches.epoch(2)))
@@ -103,11 +120,11 @@ def ours_training(regime, data, args, device):
 def ours_inference(data, args, device):
     """The evaluation path (torch_resnet.training.evaluate.predict) at its default precision, fp32."""
     dtype = amp_dtype(args.amp, device, training=False)
-    torch.manual_seed(0)
-    model = ResidualNetwork(10)
+    model = random_network(args)
     warm_s = timed(device, lambda: predict(model, data, args.batch_size, device, dtype=dtype))
     epoch_s = timed(device, lambda: predict(model, data, args.batch_size, device, dtype=dtype))
-    x = next(DeviceBatches(data, args.batch_size, device, shuffle=False, augment=False, channels_last=True).epoch(0))[0]
+    x = next(DeviceBatches(data, args.batch_size, device, shuffle=False, augment=False, channels_last=True,
+                           mode=model.preprocess).epoch(0))[0]
     steps = -(-len(data.labels) // args.batch_size)
 
     def bare():
@@ -176,8 +193,14 @@ def worker(args):
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    data = load_cifar(args.data_dir, CIFAR10, "train", download=False)
-    data.images, data.labels = data.images[:args.images], data.labels[:args.images]
+    if args.network == "course":
+        data = load_cifar(args.data_dir, CIFAR10, "train", download=False)
+        data.images, data.labels = data.images[:args.images], data.labels[:args.images]
+    else:  # random images: the speed of a keras.applications ResNet does not depend on the pixels
+        g = torch.Generator().manual_seed(0)
+        size, classes = args.image_size, int(args.head.split(",")[-1])
+        data = CifarSplit(torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g),
+                          torch.randint(0, classes, (args.images,), generator=g), [str(c) for c in range(classes)])
     if args.loop == "baseline":
         result = baseline(args.worker, data, args, device)  # PyTorch as a user has it: no allocator setting
     else:
@@ -228,7 +251,12 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--images", type=int, default=None, help="images per epoch (default 512 on CPU, 50000 on CUDA)")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="batch size of every loop")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size of every loop (default {TrainConfig.batch_size}; 32 with --network)")
+    p.add_argument("--network", default="course", choices=["course", *SPECS],
+                   help="the course's network (default) or a keras.applications ResNet")
+    p.add_argument("--image-size", type=int, default=224, help="with --network: the images' side")
+    p.add_argument("--head", default="1024,200", help="with --network: the Dense widths of the head")
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="precision, as in train/finetune.py and "
                    "train/evaluate.py")
     p.add_argument("--compile", default=None, choices=COMPILE_MODES,
@@ -243,6 +271,8 @@ def main(argv=None):
     p.add_argument("--loop", choices=["ours", "baseline"], default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = pick_device(args.device)
+    family = args.network != "course"
+    args.batch_size = args.batch_size or (32 if family else TrainConfig.batch_size)
     check_count("--batch-size", args.batch_size)
     if args.images is not None and not 1 <= args.images <= 1_000_000:
         raise UserError(f"--images must be between 1 and 1,000,000, got {args.images}")
@@ -254,14 +284,18 @@ def main(argv=None):
     peers = args.peer if args.peer is not None else (["baseline"] if device.type == "cuda" else ["keras"])
     if "keras" in peers and importlib.util.find_spec("tensorflow") is None:  # found, not imported: seconds
         raise UserError("--peer keras needs TensorFlow: pip install tensorflow-cpu (or pip install -e '.[keras]')")
-    images = args.images or (50000 if device.type == "cuda" else 512)
-    results = {"machine": machine(device), "device": str(device), "batch_size": args.batch_size, "images": images,
+    if family and "baseline" in peers:
+        raise UserError("--peer baseline is the course network's; with --network the peer is keras")
+    images = args.images or (50000 if device.type == "cuda" else 64 if family else 512)
+    results = {"machine": machine(device), "device": str(device), "network": args.network,
+               "image_size": args.image_size if family else 32, "batch_size": args.batch_size, "images": images,
                "amp": args.amp, "compile": args.compile, "peers": peers}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        if args.data_dir is None:
+        if args.data_dir is None and not family:
             write_cifar(tmp, CIFAR10, train_size=images, test_size=10)
-        common = ["--images", str(images), "--batch-size", str(args.batch_size), "--data-dir", data_dir]
+        common = ["--images", str(images), "--batch-size", str(args.batch_size), "--data-dir", data_dir,
+                  "--network", args.network, "--image-size", str(args.image_size), "--head", args.head]
         for regime in args.regimes:
             cmd = [__file__, "--worker", regime, "--device", args.device, *common]
             res = measure(cmd + ["--amp", args.amp] + (["--compile", args.compile] if args.compile else []),
@@ -279,7 +313,9 @@ def main(argv=None):
             results[regime] = res
     # --data-dir may hold fewer images than asked for: the figures are for the images used
     results["images"] = min([results[r]["images"] for r in args.regimes if "images" in results[r]] or [images])
-    print(f"{results['machine']}; device {device}; batch {args.batch_size}; {results['images']:,} images per epoch")
+    network = "the course network" if not family else f"{args.network} at {args.image_size}x{args.image_size}"
+    print(f"{results['machine']}; {network}; device {device}; batch {args.batch_size}; "
+          f"{results['images']:,} images per epoch")
     print(table(results, args.regimes))
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))

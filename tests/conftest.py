@@ -205,6 +205,8 @@ def uses(item, *fixtures):
 KERAS_MODULES = {"test_api.py", "test_convert_errors.py", "test_evaluate.py", "test_export.py", "test_keras_files.py",
                  "test_parity.py", "test_training_parity.py", "test_untrusted_files.py"}
 RUN_MODULES = {"test_distributed.py", "test_finetune.py", "test_run_record.py"}
+# and those that read the keras.applications files of the session's second Keras process
+APPLICATIONS_MODULES = {"test_applications.py", "test_applications_files.py"}
 
 
 # Tiers (markers registered in pyproject.toml): `pytest -m "not slow"` is the fast tier. A test is
@@ -228,16 +230,19 @@ def pytest_collection_modifyitems(items):
     that gets the Keras ones starts Keras at once, the other the longest unit. (First of the
     hooks: the marks of FIXTURE_MARKS are there when -m selects.)"""
     unlisted = {module(item) for item in items if uses(item, "keras_process") and module(item) not in KERAS_MODULES
-                or uses(item, "freeze_run", "full_run") and module(item) not in RUN_MODULES}
+                or uses(item, "freeze_run", "full_run") and module(item) not in RUN_MODULES
+                or uses(item, "keras_applications") and module(item) not in APPLICATIONS_MODULES}
     if unlisted:
-        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(sorted(unlisted))} to KERAS_MODULES or RUN_MODULES")
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(sorted(unlisted))} to KERAS_MODULES, RUN_MODULES "
+                                f"or APPLICATIONS_MODULES")
     for item in items:
         for fixture, marks in FIXTURE_MARKS.items():
             for mark in marks:
                 if uses(item, fixture) and not item.get_closest_marker(mark):
                     item.add_marker(mark)
     if "PYTEST_XDIST_WORKER" in os.environ:
-        items.sort(key=lambda item: (module(item) not in KERAS_MODULES, module(item) not in RUN_MODULES))
+        items.sort(key=lambda item: (module(item) not in APPLICATIONS_MODULES, module(item) not in KERAS_MODULES,
+                                     module(item) not in RUN_MODULES))
     else:
         items.sort(key=lambda item: module(item) in KERAS_MODULES)
 
@@ -263,7 +268,8 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid):
             path = nodeid.split("::")[0]
             name = Path(path).name
-            return "Keras modules" if name in KERAS_MODULES else "run modules" if name in RUN_MODULES else path
+            return ("Keras modules" if name in KERAS_MODULES else "run modules" if name in RUN_MODULES
+                    else "applications modules" if name in APPLICATIONS_MODULES else path)
 
     config.option.loadscopereorder = False
     return SharedFixturesTogether(config, log)
@@ -394,3 +400,24 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured figures")
         for what, value in FIGURES:
             terminalreporter.write_line(f"{what}: {value}")
+
+
+# The keras.applications ResNets Keras builds for the session (tests/make_keras_applications.py):
+# each network's top-less model with its pooling (every pooling, each version with "avg"),
+# other input sizes, ResNet50 and ResNet50V2 saved in every format, the course's birds model,
+# and files of other networks.
+APPLICATIONS_POOLING = {"ResNet50": "avg", "ResNet101": "max", "ResNet152": None,
+                        "ResNet50V2": "avg", "ResNet101V2": None, "ResNet152V2": "max"}
+APPLICATIONS_SIZE, APPLICATIONS_CLASSES = 64, 10
+APPLICATIONS_ALSO = ["ResNet50:224x224", "ResNet50V2:45x67"]  # Keras' own size; odd sizes where V2 strides differ
+
+
+@pytest.fixture(scope="session")
+def keras_applications(tmp_path_factory):
+    """One Keras process for the applications modules (one xdist unit), its files in its folder."""
+    child = KerasApplications(tmp_path_factory.mktemp("keras_applications"), "--size", APPLICATIONS_SIZE,
+                              "--classes", APPLICATIONS_CLASSES, *(f"--also={a}" for a in APPLICATIONS_ALSO),
+                              "--files=ResNet50", "--files=ResNet50V2", "--seed-head", "--others",
+                              *(f"{name}:{pooling or 'none'}" for name, pooling in APPLICATIONS_POOLING.items()))
+    yield child
+    child.close()

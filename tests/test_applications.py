@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FIGURES, KerasApplications
+from conftest import (APPLICATIONS_ALSO, APPLICATIONS_CLASSES, APPLICATIONS_POOLING, APPLICATIONS_SIZE,
+                      FIGURES)
 from torch_resnet.applications import SPECS, build, keras_to_torch, name_table, torch_to_keras
 from torch_resnet.applications.resnet import BottleneckV2
 from torch_resnet.errors import UserError
@@ -19,20 +20,13 @@ from torch_resnet.model import count_parameters
 
 pytestmark = [pytest.mark.keras, pytest.mark.slow]
 
-# the top-less model of each network, with its pooling: every pooling, each version with "avg"
-POOLING = {"ResNet50": "avg", "ResNet101": "max", "ResNet152": None,
-           "ResNet50V2": "avg", "ResNet101V2": None, "ResNet152V2": "max"}
-SIZE, CLASSES, TOL = 64, 10, 1e-4  # TOL: of max |logit| (fp32)
-ALSO = ["ResNet50:224x224", "ResNet50V2:45x67"]  # Keras' own size; odd sizes where V2 strides differ
+POOLING, SIZE, CLASSES, ALSO = APPLICATIONS_POOLING, APPLICATIONS_SIZE, APPLICATIONS_CLASSES, APPLICATIONS_ALSO
+TOL = 1e-4  # of max |logit| (fp32)
 
 
 @pytest.fixture(scope="module")
-def keras_child(tmp_path_factory):
-    networks = [f"{name}:{pooling or 'none'}" for name, pooling in POOLING.items()]
-    child = KerasApplications(tmp_path_factory.mktemp("keras_applications"), "--size", SIZE, "--classes", CLASSES,
-                              *(f"--also={also}" for also in ALSO), *networks)
-    yield child
-    child.close()
+def keras_child(keras_applications):
+    yield keras_applications
     cached.cache_clear()  # hundreds of MB the rest of the session has no use for
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIGURES, KerasApplications, assert_refused, call_script
+from conftest import FIGURES, assert_refused, call_script
 from torch_resnet.applications.keras_files import keras_name
 from torch_resnet.formats.files import load_model
 from torch_resnet.model import images_to_input
 
 pytestmark = [pytest.mark.keras, pytest.mark.slow]
 
-SIZE, CLASSES, TOL = 64, 10, 1e-4  # TOL: of max |logit| (fp32)
+TOL = 1e-4  # of max |logit| (fp32)
 NETWORKS = ("ResNet50", "ResNet50V2")
 FORMATS = (".keras", ".weights.h5", ".h5", "_imagenet_layout.h5")
 SEED_FILES = ("seed_sequential.keras", "seed_functional.keras", "seed_sequential.weights.h5",
@@ -26,12 +26,8 @@ CONVERTER, EXPORTER = "convert/keras_pickle_to_pt.py", "convert/pt_to_keras_pick
 
 
 @pytest.fixture(scope="module")
-def keras_files(tmp_path_factory):
-    child = KerasApplications(tmp_path_factory.mktemp("keras_application_files"), "--size", SIZE, "--classes",
-                              CLASSES, *(f"--files={name}" for name in NETWORKS), "--seed-head", "--others",
-                              *(f"{name}:avg" for name in NETWORKS))
-    yield child
-    child.close()
+def keras_files(keras_applications):
+    return keras_applications
 
 
 def outputs_of(child, file):
