@@ -42,7 +42,7 @@ def seed_models(out: Path, size: int, randomize):
     for v, w in zip(functional.weights[-4:], sequential.weights[-4:]):
         v.assign(w)
     x = np.random.default_rng(8).standard_normal((BATCH, size, size, 3), dtype=np.float32)
-    outputs = {"x": x, "logits": logits(sequential, x)}
+    outputs = {"x": x, "logits": logits(sequential, x), "params": np.array(sequential.count_params())}
     assert np.allclose(logits(functional, x), outputs["logits"], atol=1e-5)
     for name, model in (("seed_sequential", sequential), ("seed_functional", functional)):
         model.save(out / f"{name}.keras")

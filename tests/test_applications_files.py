@@ -13,7 +13,7 @@ import torch
 from conftest import FIGURES, assert_refused, call_script
 from torch_resnet.applications.keras_files import keras_name
 from torch_resnet.formats.files import load_model
-from torch_resnet.model import images_to_input
+from torch_resnet.model import count_parameters, images_to_input, summary
 
 pytestmark = [pytest.mark.keras, pytest.mark.slow]
 
@@ -65,6 +65,10 @@ def test_every_keras_file_converts_with_keras_logits(keras_files, file, tmp_path
         assert ("ReLU assumed" in said) == file.endswith(".weights.h5"), said
     model = load_model(out)
     assert model.preprocess == ("tf" if network.endswith("V2") else "caffe")
+    if file.startswith("seed_"):  # Keras' summary of the course's model: the ResNet, then the Dense layers
+        table = summary(model)
+        assert "resnet50 (Functional)" in table and "dense_1 (Dense)" in table, table
+        assert count_parameters(model)["total"] == int(ref["params"]) and f"{int(ref['params']):,}" in table
     dlogit, logit = gap(model, ref["x"], ref["logits"])
     FIGURES.append((f"applications file {file}", f"max|dlogit| {dlogit:.2e} (max|logit| {logit:.2f})"))
     assert logit > 0.1 and dlogit <= TOL * logit

@@ -107,6 +107,14 @@ class ResidualNetwork(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
+    def summary_rows(self) -> list[tuple[str, nn.Module]]:
+        """(Keras name (type), module) of each row of ``summary``, as Keras' summary lists them."""
+        b = self.backbone
+        return [("conv2d (Conv2D)", b.stem),
+                *((f"residual_block_{i} (ResidualBlock)", blk) for i, blk in enumerate(b.blocks)),
+                ("batch_normalization (BatchNormalization)", b.bn), ("activation (Activation)", b.act),
+                ("global_average_pooling2d (GlobalAveragePooling2D)", b.pool), ("dense (Dense)", self.head)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
@@ -143,13 +151,11 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": trainable + frozen + stats, "trainable": trainable, "non_trainable": frozen + stats}
 
 
-def summary(model: ResidualNetwork, image_size: int = 32) -> str:
-    """A table in the layout of Keras' ``model.summary()`` (NHWC output shapes, Keras names)."""
-    b = model.backbone
-    rows_spec = [("conv2d (Conv2D)", b.stem)]
-    rows_spec += [(f"residual_block_{i} (ResidualBlock)", blk) for i, blk in enumerate(b.blocks)]
-    rows_spec += [("batch_normalization (BatchNormalization)", b.bn), ("activation (Activation)", b.act),
-                  ("global_average_pooling2d (GlobalAveragePooling2D)", b.pool), ("dense (Dense)", model.head)]
+def summary(model: nn.Module, image_size: int | None = None) -> str:
+    """A table in the layout of Keras' ``model.summary()`` (NHWC output shapes, Keras names) of the
+    network's ``summary_rows()``, run on one image of ``image_size`` (default: its input size)."""
+    image_size = image_size or model.input_size[0]
+    rows_spec = model.summary_rows()
     shapes = {}
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
              for name, m in rows_spec]

@@ -193,6 +193,13 @@ class KerasResNet(nn.Module):
         return {"network": self.spec.name, "pooling": self.pooling, "head": [d.record() for d in self.head_layers],
                 "preprocess": self.preprocess, "input_size": self.input_size}
 
+    def summary_rows(self) -> list[tuple[str, nn.Module]]:
+        """(name (type), module) of each row of ``model.summary``, as Keras' summary of the course's
+        birds model lists them: the ResNet as one Functional, then each Dense layer."""
+        dense = [m for m in self.head if isinstance(m, nn.Linear)]
+        return [(f"{self.spec.name.lower()} (Functional)", self.backbone),
+                *((f"{d.name} (Dense)", m) for d, m in zip(self.head_layers, dense))]
+
     def replace_head(self, head: tuple[Dense, ...]) -> None:
         """New Dense layers on the pooled features (``avg`` if the backbone pooled none), initialised
         as PyTorch initialises ``nn.Linear``; the Keras names of the old head no longer apply."""
