@@ -144,7 +144,10 @@ def recognise(arrays, description: dict | None = None, keras3: bool = False) -> 
     rec = Recognised(spec, head, "avg" if head else None, [], naming)
     describe(rec, dense, arrays, layers, description)
     table = layer_table(spec, rec.head)
-    for layer, (_, module, kind) in zip([*order, *dense], table):
+    for layer, (name, module, kind) in zip([*order, *dense], table):
+        if kinds[layer] != kind:
+            raise UserError(f"layer {layer!r} holds {', '.join(sorted(layers[layer]))}, where {spec.name}'s {name} "
+                            f"holds {', '.join(sorted(VARIABLES[kind]))}")
         rec.pairs += [(layers[layer][var], f"{module}.{param}") for var, param in VARIABLES[kind].items()]
     return rec
 

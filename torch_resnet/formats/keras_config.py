@@ -155,8 +155,9 @@ def family_description(layers: list, where: str) -> dict:
     pooling = POOLING_LAYERS.get(_get(tail[0], "class_name")) if tail else None
     head, dropout = [], 0.0
     for layer in tail[pooling is not None:]:
-        cls, settings = _get(layer, "class_name"), _get(layer, "config") or {}
-        if cls == "Dropout" and not dropout and isinstance(settings.get("rate"), (int, float)):
+        cls, settings = _get(layer, "class_name"), _settings(layer)
+        rate = settings.get("rate")
+        if cls == "Dropout" and not dropout and isinstance(rate, (int, float)) and 0 <= rate < 1:
             dropout = float(settings["rate"])
         elif cls == "Dense" and settings.get("use_bias", True) is True and head_activation(settings) and \
                 (pooling or not head) and not (head and head[-1]["activation"] == "softmax"):
@@ -184,11 +185,11 @@ def head_activation(settings: dict) -> str | None:
 def _input_size(layers) -> list[int] | None:
     """[height, width] the model was built for, where its description says."""
     for layer in layers:
-        settings = _get(layer, "config") or {}
+        settings = _settings(layer)
         shape = settings.get("batch_shape") or settings.get("batch_input_shape") or \
             _get(_get(layer, "build_config"), "input_shape")
         if isinstance(shape, list) and len(shape) == 4:
-            return shape[1:3] if all(isinstance(n, int) for n in shape[1:3]) else None
+            return shape[1:3] if all(type(n) is int and 32 <= n <= 65536 for n in shape[1:3]) else None
     return None
 
 
@@ -205,6 +206,11 @@ def _refuse_code(value, where) -> None:
             stack += item
 
 
+def _settings(layer) -> dict:
+    settings = _get(layer, "config")
+    return settings if isinstance(settings, dict) else {}
+
+
 def _get(d, key):
     return d.get(key) if isinstance(d, dict) else None
 
@@ -216,6 +222,8 @@ def _name(layer) -> str:
 def _kind(layer) -> str:
     """The layer's class where it is Keras' own, else "block" (the author's class)."""
     cls, module = _get(layer, "class_name"), _get(layer, "module")
+    if not isinstance(cls, str):
+        return "?"
     if isinstance(module, str) and module.startswith("keras") or cls in EXPECTED and cls != "block":
         return str(cls)
     return "block"
