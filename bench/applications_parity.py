@@ -12,7 +12,6 @@ logits are compared with Keras' at both sizes; the conversion is exported back t
 loaded by Keras into a fresh keras.applications model and run again. Prints one line per file
 and a Markdown table: max |dlogit| relative to max |logit|, which must stay under 1e-4.
 """
-import argparse
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import KerasApplications  # noqa: E402  (the suite's driver of the Keras child)
 from torch_resnet.applications import SPECS  # noqa: E402
+from torch_resnet.cli.shell import ArgumentParser  # noqa: E402
 from torch_resnet.formats.files import load_model  # noqa: E402
 
 FORMATS = (".keras", ".weights.h5", ".h5", "_imagenet_layout.h5")
@@ -67,11 +67,11 @@ def check(child, folder: Path, name: str, size: int, also: int) -> list[tuple]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--also", type=int, default=224)
-    p.add_argument("--networks", default=",".join(SPECS))
-    p.add_argument("--keep", type=Path, default=None, help="keep Keras' files in this folder")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=64, help="the side of the images Keras builds and runs the networks at")
+    p.add_argument("--also", type=int, default=224, help="a second side the converted networks are run at")
+    p.add_argument("--networks", default=",".join(SPECS), help="which networks, comma-separated")
+    p.add_argument("--keep", type=Path, default=None, help="keep Keras' files in this folder (default: a temporary one)")
     args = p.parse_args(argv)
     names = args.networks.split(",")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="applications-parity-"))

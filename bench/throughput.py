@@ -254,7 +254,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"batch size of every loop (default {TrainConfig.batch_size}; 32 with --network)")
     p.add_argument("--network", default="course", choices=["course", *SPECS],
-                   help="the course's network (default) or a keras.applications ResNet")
+                   help="the course's network or a keras.applications ResNet")
     p.add_argument("--image-size", type=int, default=224, help="with --network: the images' side")
     p.add_argument("--head", default="1024,200", help="with --network: the Dense widths of the head")
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="precision, as in train/finetune.py and "
