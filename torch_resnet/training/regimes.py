@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -94,3 +95,21 @@ def optimizer_for(model: ResidualNetwork, cfg: TrainConfig) -> torch.optim.Optim
 
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def learning_rates(optimizer, model: nn.Module) -> dict:
+    """The peak rates of the backbone (None: frozen) and of the head."""
+    head = {id(p) for p in model.head.parameters()}
+    rates = {"backbone": None, "head": None}
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        lr = group.get("initial_lr", group["lr"])
+        rates.update({**({"head": lr} if ids & head else {}), **({"backbone": lr} if ids - head else {})})
+    return rates
+
+
+def schedule(optimizer, cfg: TrainConfig, total_steps: int):
+    """Cosine decay over the whole run, per step; the Keras recipe keeps a constant rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 1.0 if cfg.recipe == "keras" else
+        0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 if importlib.util.find_spec("ipywidgets") is not None:
     from tqdm.auto import tqdm  # widget bars in a notebook, text bars in a terminal
 else:  # tqdm.auto would warn "IProgress not found" in a notebook; there the epoch lines show progress
@@ -39,7 +40,8 @@ from .memory import peak_memory_bytes, step_memory_bytes
 from ..model import ResidualNetwork
 from .outputs import write_run
 from .performance import amp_dtype, describe, keep_freed_memory
-from .regimes import check_weights_exist, optimizer_for, prepare_model, trainable_parameters
+from .regimes import (check_weights_exist, learning_rates, optimizer_for, prepare_model, schedule,
+                      trainable_parameters)
 
 
 def train_one_epoch(stepper: Stepper, batches: DeviceBatches, epoch: int, *, log_every: int, desc: str = "",
@@ -87,18 +89,7 @@ def evaluate(stepper: Stepper, batches: DeviceBatches) -> tuple[float, float]:
     return loss_sum / n, correct / n
 
 
-def learning_rates(optimizer, model: ResidualNetwork) -> dict:
-    """The peak rates of the backbone (None: frozen) and of the head."""
-    head = {id(p) for p in model.head.parameters()}
-    rates = {"backbone": None, "head": None}
-    for group in optimizer.param_groups:
-        ids = {id(p) for p in group["params"]}
-        lr = group.get("initial_lr", group["lr"])
-        rates.update({**({"head": lr} if ids & head else {}), **({"backbone": lr} if ids - head else {})})
-    return rates
-
-
-def main(cfg: TrainConfig, pretrained: ResidualNetwork | None = None, quiet: bool = False,
+def main(cfg: TrainConfig, pretrained: nn.Module | None = None, quiet: bool = False,
          data: DataSource | None = None) -> dict:
     """Train, validate each epoch, test at the end; write outputs into ``cfg.out_dir``. Returns the
     metrics. ``pretrained``: start from this network (changed in place) instead of ``cfg.weights``.
@@ -126,7 +117,7 @@ def load_splits(cfg: TrainConfig, ctx: RunContext, data: DataSource
     return train, val, test
 
 
-def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
+def train_and_test(cfg: TrainConfig, ctx: RunContext, pretrained: nn.Module | None, data: DataSource) -> dict:
     if pretrained is None:
         check_weights_exist(cfg)
     if cfg.batch_size % ctx.world:
@@ -162,7 +153,7 @@ class Session:
         return len(self.train_batches.labels), len(val.labels) if val else 0, len(self.test.labels)
 
 
-def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> dict:
+def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: nn.Module | None, data: DataSource) -> dict:
     """The run, top to bottom: set up, the epochs (a checkpoint after each), the test, the outputs."""
     s = setup(out, cfg, ctx, pretrained, data)
     announce(s)
@@ -182,7 +173,7 @@ def train_in(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork
     return metrics
 
 
-def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | None, data: DataSource) -> Session:
+def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: nn.Module | None, data: DataSource) -> Session:
     """The model for the regime, the data as batches on the device, the step; a resumed run's state."""
     torch.manual_seed(cfg.seed)
     device = ctx.device
@@ -230,7 +221,7 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: ResidualNetwork | 
     return s
 
 
-def frozen_backbone_for(model: ResidualNetwork, cfg: TrainConfig, ctx: RunContext, n_train: int, n_val: int,
+def frozen_backbone_for(model: nn.Module, cfg: TrainConfig, ctx: RunContext, n_train: int, n_val: int,
                         channels_last: bool) -> FrozenBackbone:
     """--freeze's backbone, compiled where that pays over the images the whole run puts through it on
     a rank (the whole run, not what a resume has left: a resumed run goes on with the backbone it began
@@ -239,13 +230,6 @@ def frozen_backbone_for(model: ResidualNetwork, cfg: TrainConfig, ctx: RunContex
     images = train_images + cfg.epochs * n_val // ctx.world
     return frozen_backbone(model.backbone, cfg.compile, ctx.device, amp_dtype(cfg.amp, ctx.device),
                            cfg.batch_size // ctx.world, images, channels_last, isinstance(model, ResidualNetwork))
-
-
-def schedule(optimizer, cfg: TrainConfig, total_steps: int):
-    """Cosine decay over the whole run, per step; the Keras recipe keeps a constant rate."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 1.0 if cfg.recipe == "keras" else
-        0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
 def announce(s: Session) -> None:
@@ -324,7 +308,7 @@ def run_metrics(s: Session, scores: dict, step_memory: int | None) -> dict:
     return metrics
 
 
-def test_scores(model: ResidualNetwork, test: CifarSplit, batch_size: int, device) -> dict:
+def test_scores(model: nn.Module, test: CifarSplit, batch_size: int, device) -> dict:
     """The test split's scores in fp32 (``evaluate.predict``), under the names of metrics.json."""
     scores, confusion = test_metrics(predict(model, test, batch_size, device), test.labels, test.class_names)
     return {"test_accuracy": scores["top1"], "test_top5": scores["top5"], "test_loss": scores["loss"],
