@@ -12,6 +12,8 @@ from torch_resnet import ResidualNetwork
 from torch_resnet.model import ResidualBlock
 from torch_resnet.training import performance
 from torch_resnet.training.frozen_backbone import compile_with_freezing, frozen_backbone
+from torch_resnet.applications import build
+from torch_resnet.training.folded_applications import FoldedBottleneckV1, FoldedBottleneckV2
 from torch_resnet.training.frozen_batchnorm import FoldedResidualBlock, FrozenBatchNorm2d, freeze_batchnorm
 
 CPU = torch.device("cpu")
@@ -65,6 +67,37 @@ def test_folded_batchnorm_trains_as_the_unfolded_one(shortcut_from_raw):
     model.eval(), reference.eval()  # evaluation is the exact path, bit for bit
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("name", ["ResNet50", "ResNet50V2"])
+def test_keras_applications_batchnorm_folds_into_its_convolutions(name):
+    """Every v1 BatchNorm (and V2's bn1, bn2) folded while training: the same logits and gradients as
+    the unfolded frozen network to float rounding, the state dict unchanged, eval bit for bit."""
+    torch.manual_seed(0)
+    model = build(name, classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.3, 3), m.weight.data.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = copy.deepcopy(model)
+    freeze_batchnorm(model.backbone)
+    for m in reference.modules():  # the unfolded network, its BatchNorms frozen the plain way
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval().requires_grad_(False)
+            m.train = lambda mode=True, m=m: m
+    folded = (FoldedBottleneckV2 if name.endswith("V2") else FoldedBottleneckV1)
+    assert sum(type(m) is folded for m in model.modules()) == 16
+    state = model.state_dict()
+    assert list(state) == list(before) and all(torch.equal(state[k], v) for k, v in before.items())
+    x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randint(0, 10, (2,))
+    for m in (model, reference):
+        F.cross_entropy(m.train()(x), y).backward()
+    unfolded = dict(reference.named_parameters())  # the folded model's BatchNorms hold buffers, not parameters
+    for key, p in model.named_parameters():
+        assert (p.grad - unfolded[key].grad).norm() <= 1e-4 * unfolded[key].grad.norm(), key
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max() <= 1e-5 * reference(x).abs().max()
+        assert torch.equal(model.eval()(x), reference.eval()(x))
 
 
 def test_compiling_the_frozen_backbone_is_decided_by_measured_rates(monkeypatch):

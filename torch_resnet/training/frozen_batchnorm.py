@@ -3,8 +3,8 @@
 ``freeze_batchnorm`` replaces every ``nn.BatchNorm2d`` by a ``FrozenBatchNorm2d`` (statistics and
 affine as buffers: nothing to train, nothing updated, eval-mode arithmetic whatever ``train()``
 says; torchvision's ``FrozenBatchNorm2d`` and timm's ``freeze_batch_norm_2d`` do the same) and every
-``ResidualBlock`` by a ``FoldedResidualBlock`` on the same tensors. State-dict keys and values stay
-exactly as they were.
+``ResidualBlock`` by a ``FoldedResidualBlock`` on the same tensors (a keras.applications ResNet's
+blocks by those of ``folded_applications.py``). State-dict keys and values stay exactly as they were.
 """
 from __future__ import annotations
 
@@ -70,10 +70,15 @@ class FoldedResidualBlock(ResidualBlock):
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``module`` frozen, every residual block folded (in place; returns ``module``)."""
+    """Every BatchNorm of ``module`` frozen, every residual block folded (in place; returns ``module``);
+    the keras.applications ResNets' blocks and stem too (``folded_applications.py``)."""
+    from .folded_applications import FOLDED  # it builds on this module's FrozenBatchNorm2d
+
     for name, child in module.named_children():
         if type(child) is ResidualBlock:
             setattr(module, name, FoldedResidualBlock(child))
+        elif type(child) in FOLDED:
+            setattr(module, name, FOLDED[type(child)](child))
         elif isinstance(child, nn.BatchNorm2d):
             setattr(module, name, FrozenBatchNorm2d(child))
         else:
