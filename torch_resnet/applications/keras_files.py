@@ -114,42 +114,45 @@ def recognise(arrays, description: dict | None = None, keras3: bool = False) -> 
     layers = group_layers(arrays)
     kinds = {layer: kind_of(v, arrays) for layer, v in layers.items()}
     dense = [layer for layer in layers if kinds[layer] == DENSE]
-    backbone = [layer for layer in layers if kinds[layer] != DENSE]
-    named = {layer: keras_name(layer) for layer in layers}
-    if all(named[layer] for layer in backbone):
-        by_name = {named[layer]: layer for layer in backbone}
-        if len(by_name) < len(backbone):
-            twice = next(n for n in by_name if sum(named[layer] == n for layer in backbone) > 1)
-            raise UserError(f"two layers are {twice!r} (by their names); not mapped")
-        spec = spec_named_by(by_name)
-        check_names(by_name, [name for name, _, _ in layer_table(spec)], f"layers of a {spec.name}")
-        naming = "Keras' layer names" if all(named[l] == l.rsplit("/", 1)[-1] for l in backbone) \
-            else "ResNet50's original layer names"
-        order = [by_name.get(name) for name, _, _ in layer_table(spec)]
-    elif any(named[layer] for layer in backbone):
-        odd = next(layer for layer in backbone if not named[layer])
-        raise UserError(f"layer {odd!r}: not a name of a keras.applications ResNet, where other layers have those "
-                        f"names; not mapped")
-    else:  # Keras 3's class-count names, or any other: Keras' own order of the layers
-        if keras3:
-            backbone.sort(key=natural_key)
-            dense.sort(key=natural_key)
-        spec = spec_of(Counter(kinds[layer] for layer in backbone))
-        naming = "the order of the file's layers (Keras 3 names layers by class)"
-        order = by_kind(backbone, kinds, layer_table(spec))
-    if any(name == "predictions" for name in (named[layer] for layer in dense)) and len(dense) == 1:
+    if keras3:
+        dense.sort(key=natural_key)
+    spec, naming, order = backbone_layers([layer for layer in layers if kinds[layer] != DENSE], kinds, keras3)
+    if len(dense) == 1 and keras_name(dense[0]) == "predictions":
         head = (Dense(arrays[layers[dense[0]]["kernel"]].shape[1], "softmax", name="predictions"),)
     else:
         head = tuple(Dense(arrays[layers[layer]["kernel"]].shape[1], name=layer.rsplit("/", 1)[-1]) for layer in dense)
     rec = Recognised(spec, head, "avg" if head else None, [], naming)
     describe(rec, dense, arrays, layers, description)
-    table = layer_table(spec, rec.head)
-    for layer, (name, module, kind) in zip([*order, *dense], table):
+    for layer, (name, module, kind) in zip([*order, *dense], layer_table(spec, rec.head)):
         if kinds[layer] != kind:
             raise UserError(f"layer {layer!r} holds {', '.join(sorted(layers[layer]))}, where {spec.name}'s {name} "
                             f"holds {', '.join(sorted(VARIABLES[kind]))}")
         rec.pairs += [(layers[layer][var], f"{module}.{param}") for var, param in VARIABLES[kind].items()]
     return rec
+
+
+def backbone_layers(backbone: list[str], kinds: dict[str, str], keras3: bool) -> tuple[ResNetSpec, str, list[str]]:
+    """(the network, how its names were read, the file's layers in Keras' order of the network's)."""
+    named = {layer: keras_name(layer) for layer in backbone}
+    if all(named.values()):  # Keras' own names, or ResNet50's original ones
+        by_name = {name: layer for layer, name in named.items()}
+        if len(by_name) < len(backbone):
+            twice = next(n for n in by_name if list(named.values()).count(n) > 1)
+            raise UserError(f"two layers are {twice!r} (by their names); not mapped")
+        spec = spec_named_by(by_name)
+        check_names(by_name, [name for name, _, _ in layer_table(spec)], f"layers of a {spec.name}")
+        naming = "Keras' layer names" if all(n == layer.rsplit("/", 1)[-1] for layer, n in named.items()) \
+            else "ResNet50's original layer names"
+        return spec, naming, [by_name[name] for name, _, _ in layer_table(spec)]
+    if any(named.values()):
+        odd = next(layer for layer, name in named.items() if not name)
+        raise UserError(f"layer {odd!r}: not a name of a keras.applications ResNet, where other layers have those "
+                        f"names; not mapped")
+    if keras3:  # Keras 3's class-count names (conv2d_9 before conv2d_10), in Keras' order of model.layers
+        backbone = sorted(backbone, key=natural_key)
+    spec = spec_of(Counter(kinds[layer] for layer in backbone))
+    return spec, "the order of the file's layers (Keras 3 names layers by class)", by_kind(backbone, kinds,
+                                                                                            layer_table(spec))
 
 
 def by_kind(layers: list[str], kinds: dict[str, str], table) -> list[str]:
