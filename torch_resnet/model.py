@@ -96,6 +96,7 @@ class ResidualNetwork(nn.Module):
 
     preprocess = "tf"  # its inputs: images_to_input's x / 127.5 - 1, as the course scaled them
     input_size = [32, 32]  # the images it was trained on (CIFAR's); it takes any size
+    image_size = 32  # the side images are given at by default (image folders, summary)
 
     def __init__(self, num_classes: int = 100, shortcut_from_raw: bool = False):
         super().__init__()
@@ -154,7 +155,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def summary(model: nn.Module, image_size: int | None = None) -> str:
     """A table in the layout of Keras' ``model.summary()`` (NHWC output shapes, Keras names) of the
     network's ``summary_rows()``, run on one image of ``image_size`` (default: its input size)."""
-    image_size = image_size or model.input_size[0]
+    image_size = image_size or model.image_size
     rows_spec = model.summary_rows()
     shapes = {}
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))

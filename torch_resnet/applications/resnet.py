@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .specs import (ACTIVATIONS, EXPANSION, FEATURES, KERAS_BN_EPS, KERAS_BN_MOMENTUM, POOLINGS, STEM_CHANNELS,
-                    WIDTHS, Dense, ResNetSpec, spec_named, top)
+from .specs import (ACTIVATIONS, EXPANSION, FEATURES, KERAS_BN_EPS, KERAS_BN_MOMENTUM, KERAS_IMAGE_SIZE, POOLINGS,
+                    STEM_CHANNELS, WIDTHS, Dense, ResNetSpec, spec_named, top)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -187,6 +187,13 @@ class KerasResNet(nn.Module):
     @property
     def preprocess(self) -> str:
         return self.spec.preprocess
+
+    @property
+    def image_size(self) -> int:
+        """The side images are given at by default: the square size the Keras model was built
+        for, where its file says, else Keras' own 224."""
+        square = self.input_size is not None and self.input_size[0] == self.input_size[1]
+        return self.input_size[0] if square else KERAS_IMAGE_SIZE
 
     @property
     def architecture(self) -> dict:

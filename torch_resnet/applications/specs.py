@@ -20,6 +20,7 @@ EXPANSION = 4  # a block's output channels: 4x its width
 FEATURES = EXPANSION * WIDTHS[-1]  # 2048
 STEM_CHANNELS = 64
 POOLINGS = ("avg", "max", None)
+KERAS_IMAGE_SIZE = 224  # the ImageNet size keras.applications builds the ResNets for by default
 # Keras' preprocess_input of each version: "caffe" (RGB -> BGR, ImageNet mean subtracted, 0..255)
 # for v1, "tf" (scaled to [-1, 1]) for V2
 PREPROCESS = {False: "caffe", True: "tf"}

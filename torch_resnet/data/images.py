@@ -27,7 +27,7 @@ from PIL import Image
 from ..errors import UserError
 from .cifar import CifarSplit
 
-DEFAULT_IMAGE_SIZE = 224  # keras.applications' ResNets' own
+DEFAULT_IMAGE_SIZE = 224  # keras.applications' ResNets' own (the trainer passes the network's)
 HELD_OUT_TEST = 0.1  # of the images, when there is no test folder
 
 

@@ -128,7 +128,7 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
 
 def folder_test_split(model, test_dir, image_size: int | None, named: str) -> tuple[str, CifarSplit]:
     """(what the report calls it, every image of ``test_dir``), its classes checked against the head."""
-    source = ImageFolderSource(test_dir, test_dir=test_dir, image_size=image_size or model.input_size[0])
+    source = ImageFolderSource(test_dir, test_dir=test_dir, image_size=image_size or model.image_size)
     if source.num_classes != model.num_classes:
         raise UserError(f"{named}: the head has {model.num_classes} classes, {test_dir} {source.num_classes} class folders")
     return f"image folder {source.name}", source.split("test")

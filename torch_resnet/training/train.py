@@ -27,7 +27,6 @@ from .checkpoint import (checkpoint_model, hold_run_folder, load_checkpoint, rea
                          save_checkpoint)
 from .config import TrainConfig
 from ..data.cifar import CifarSplit, DeviceBatches, split_train_val
-from ..data.images import DEFAULT_IMAGE_SIZE
 from ..data.source import DataSource, source_for
 from .distributed import RunContext, all_reduce, distributed, rank_zero_first, world_size
 from ..errors import UserError
@@ -186,8 +185,7 @@ def setup(out, cfg: TrainConfig, ctx: RunContext, pretrained: nn.Module | None, 
         pretrained = checkpoint_model(ckpt, out / "checkpoint.pt")
     model = prepare_model(cfg, data.num_classes, pretrained).to(device)  # its Keras names come along
     if getattr(data, "image_size", 0) is None:  # an image folder: the network's own input size
-        data.image_size = model.input_size[0] if model.input_size and model.input_size[0] == model.input_size[1] \
-            else DEFAULT_IMAGE_SIZE
+        data.image_size = model.image_size
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
