@@ -81,6 +81,20 @@ def test_test_classes_must_be_the_training_classes(folder, tmp_path, capsys):
     assert_refused(rc, stderr, "its classes differ", "crow", "raven", nothing_in=tmp_path / "run")
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["train/finetune.py", "--head", "1024,3", "--init-from", "{run}"], ("--head makes a new head", "--init-from")),
+    (["train/evaluate.py", "--keras", "{weights}", "--test-dir", "{root}"], ("--keras", "course network")),
+    (["train/evaluate.py", "--test-dir", "{root}", "--image-size", "-5"], ("--image-size", "between 32 and 4096")),
+], ids=["head with init-from", "evaluate --keras", "image size"])
+def test_options_that_cannot_apply_get_one_line(folder, tmp_path, capsys, args, needles):
+    root, _ = folder
+    weights = tmp_path / "r50.pt"
+    save_model(build("ResNet50", classes=3), weights)
+    script, *rest = [a.format(run=weights, weights=weights, root=root) for a in args]
+    rc, _, stderr = call_script(capsys, script, "--weights", weights, *rest)
+    assert_refused(rc, stderr, *needles)
+
+
 def test_caffe_preprocessing_is_bgr_less_the_imagenet_mean():
     images = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)  # one pixel, R=0 G=128 B=255
     x = images_to_input(images, mode="caffe")
@@ -125,8 +139,8 @@ def test_full_regime_keeps_batchnorm_and_resumes_exactly(folder, resnet50, tmp_p
     args = ["--weights", resnet50, "--data-dir", root, "--epochs", 2, "--batch-size", 6, "--val-size", 0]
     run(capsys, *args, "--out", tmp_path / "whole")
     before, whole = load_model(resnet50).state_dict(), load_model(tmp_path / "whole" / "model.pt").state_dict()
-    stats = [k for k in before if "running_" in k or k.endswith("bn.weight") or "bn1.bias" in k]
-    assert stats and all(torch.equal(before[k], whole[k]) for k in stats)  # BatchNorm frozen
+    bns = [k for k in before if "bn" in k.split(".")[-2]]  # bn, bn1..3, shortcut_bn: all four tensors each
+    assert len(bns) == 53 * 5 and all(torch.equal(before[k], whole[k]) for k in bns)  # BatchNorm frozen
     assert not torch.equal(before["backbone.stem.conv.weight"], whole["backbone.stem.conv.weight"])
     stop_in_epoch(monkeypatch, 1)
     rc, _, _ = call_script(capsys, FINETUNE, *args, "--out", tmp_path / "stopped")

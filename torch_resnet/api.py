@@ -116,7 +116,7 @@ def finetune(model_or_path: ResidualNetwork | PathLike | Run | None = None, *, f
     ----------
     model_or_path : ResidualNetwork, str, Path or Run, optional
         Where to start. A network (e.g. from ``from_keras``; it is copied, not changed) or the
-        path of a state dict gets a new 10-class head. A ``Run`` of the frozen regime starts the full regime from its model, head
+        path of a state dict gets a new head for the data's classes. A ``Run`` of the frozen regime starts the full regime from its model, head
         included (``--init-from``). Default: ``weights/resnet_cifar100.pt``.
     freeze : bool
         True: the backbone is frozen and only the new head trains. False: every convolution and

@@ -183,7 +183,8 @@ def describe(rec: Recognised, dense: list[str], arrays, layers, description: dic
     if [d["units"] for d in head] != [d.units for d in rec.head]:
         raise UserError(f"the model description has Dense layers of {[d['units'] for d in head]} units, the weights "
                         f"{[d.units for d in rec.head]}")
-    rec.head = tuple(Dense(d.units, h["activation"], h["dropout"], d.name) for d, h in zip(rec.head, head))
+    rec.head = tuple(Dense(d.units, h["activation"], h["dropout"], str(h.get("name") or d.name))  # Keras' own name
+                     for d, h in zip(rec.head, head))
     rec.pooling, rec.input_size = description.get("pooling"), description.get("input_size")
 
 

@@ -2,6 +2,8 @@
 -> ``KerasResNet``, and back: the family's side of ``convert.py``."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..applications.keras_files import Recognised, recognise
 from ..applications.keras_names import VARIABLES, check_names, layer_table
 from ..applications.resnet import KerasResNet
@@ -69,14 +71,11 @@ def family_to_keras(model: KerasResNet, h5: bool, use_source_names: bool = True)
     record = model.keras_names.record() if use_source_names and model.keras_names is not None else {}
     where = model.keras_names.where if record else None
     layout = record.get("keras3_h5") if h5 else record if record.get("format") == "Keras pickle" else None
-    if layout and record.get("network", {}).get("head") != model.architecture["head"]:
-        layout = None  # a new head (fine-tuning): the source file's structure no longer fits
-    if layout:
-        names, groups = layout.get("tensors"), layout.get("groups") if h5 else None
-        if not isinstance(names, list) or h5 and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
-            raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
-        names = [tuple(t) if isinstance(t, list) and len(t) == 3 else ("?", "?", "?") for t in names]
-    else:
+    names, groups = (checked_layout(layout, h5, where) if layout else (None, None))
+    state_keys = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    if names is not None and {t for _, t, _ in names} != state_keys:
+        names = None  # a new head (fine-tuning): the source file's structure no longer fits
+    if names is None:
         where = None
         if h5:
             pairs, groups = fresh_keras3_layout(model)
@@ -88,3 +87,21 @@ def family_to_keras(model: KerasResNet, h5: bool, use_source_names: bool = True)
     check_names([t for _, t, _ in names], [k for k in state if not k.endswith("num_batches_tracked")],
                 f"{where or 'the network'}: its Keras names")
     return state_dict_to_keras(state, names), groups, where
+
+
+def checked_layout(layout, h5: bool, where: str):
+    """(names, groups) of a names record: (Keras name, torch key, floating dtype) triples and, for a
+    Keras 3 file, its groups; a record this project did not write is one line."""
+    names, groups = layout.get("tensors") if isinstance(layout, dict) else None, None
+    try:
+        names = [tuple(t) for t in names]
+        ok = all(len(t) == 3 and all(isinstance(s, str) for s in t) and np.issubdtype(np.dtype(t[2]), np.floating)
+                 for t in names)
+    except (TypeError, ValueError):  # not a list, not triples, not a dtype
+        ok = False
+    if h5:
+        groups = layout.get("groups") if isinstance(layout, dict) else None
+        ok = ok and isinstance(groups, list) and all(isinstance(g, str) for g in groups)
+    if not ok:
+        raise UserError(f"{where}: not a Keras names file written by the converter; {NAMES_HINT}")
+    return names, groups

@@ -104,9 +104,9 @@ class ImageFolderSource:
                           torch.tensor([label for _, label in kept], dtype=torch.int64), classes)
 
     def decode(self, path: Path, size: int) -> torch.Tensor | None:
-        """One image, RGB, ``size`` x ``size``, uint8 3 x H x W, as Keras' ``load_img`` makes it (PIL:
-        any mode converted to RGB, alpha dropped; resized bilinearly); a file that is not one:
-        UserError, or None (and counted) with ``skip_bad``."""
+        """One image, RGB, ``size`` x ``size``, uint8 3 x H x W (PIL, as Keras' ``load_img``: any mode
+        converted to RGB, alpha dropped; resized bilinearly, where ``load_img`` defaults to nearest);
+        a file that is not one: UserError, or None (and counted) with ``skip_bad``."""
         try:
             with Image.open(path) as image:
                 image.draft("RGB", (size, size))  # a large JPEG decoded at a fraction of its size: faster

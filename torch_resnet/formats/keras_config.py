@@ -161,7 +161,8 @@ def family_description(layers: list, where: str) -> dict:
             dropout = float(settings["rate"])
         elif cls == "Dense" and settings.get("use_bias", True) is True and head_activation(settings) and \
                 (pooling or not head) and not (head and head[-1]["activation"] == "softmax"):
-            head.append({"units": settings.get("units"), "activation": head_activation(settings), "dropout": dropout})
+            head.append({"units": settings.get("units"), "activation": head_activation(settings), "dropout": dropout,
+                         "name": _name(layer)})
             dropout = 0.0
         elif cls == "Activation" and head and head[-1]["activation"] == "linear" and head_activation(settings):
             head[-1]["activation"] = head_activation(settings)

@@ -183,7 +183,7 @@ def blocks(runs: list[Run]) -> list[tuple]:
                       "torch_resnet.data.synthetic when the real CIFAR-10 was not there), not on CIFAR-10: the numbers "
                       "show that the pipeline works, not how well the network does on CIFAR-10."))
     out += [("p", "Every number below is read from the runs' metrics.json (test set evaluated once, at the end "
-                  "of each run; validation split held out from the training images)."),
+                  "of each run; validation split held out from the training images unless a run names its own)."),
             ("table", ["", *labels], summary_rows(runs))]
     if len(runs) > 1:
         out += [("h2", "Differences"), ("ul", differences(runs)),

@@ -76,6 +76,8 @@ class TrainConfig:
             raise UserError(f"`image_size` must be between 32 and 4096 pixels, got {self.image_size}")
         if self.head is not None:
             self.head_widths()
+        if self.head is not None and self.init_from is not None:
+            raise UserError("`head` makes a new head; `init_from` keeps the frozen run's: give one of them")
         if not 0 <= self.head_dropout < 1:
             raise UserError(f"`head_dropout` must be in [0, 1), got {self.head_dropout}")
         if self.out == "":

@@ -88,6 +88,11 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
     ``amp``: ``auto`` and ``off`` are fp32 (an exact number), ``bf16``/``fp16`` autocast."""
     check_options(batch_size, out)
     named = source or "the network"
+    if model.num_classes is None:
+        raise UserError(f"{named}: a network without a classifier head (its output is features); fine-tune one first")
+    if keras_pickle is not None and not isinstance(model, ResidualNetwork):
+        raise UserError("`keras` compares with the course network run in Keras; for a keras.applications ResNet "
+                        "the converter's parity is checked by bench/applications_parity.py")
     dev = pick_device(device or "auto")
     dtype = amp_dtype(amp, dev, training=False)
     if dev.type == "cpu":
@@ -128,6 +133,8 @@ def evaluate_model(model: ResidualNetwork, source: str | None = None, *, dataset
 
 def folder_test_split(model, test_dir, image_size: int | None, named: str) -> tuple[str, CifarSplit]:
     """(what the report calls it, every image of ``test_dir``), its classes checked against the head."""
+    if image_size is not None and not 32 <= image_size <= 4096:
+        raise UserError(f"`image_size` must be between 32 and 4096 pixels, got {image_size}")
     source = ImageFolderSource(test_dir, test_dir=test_dir, image_size=image_size or model.image_size)
     if source.num_classes != model.num_classes:
         raise UserError(f"{named}: the head has {model.num_classes} classes, {test_dir} {source.num_classes} class folders")

@@ -63,8 +63,12 @@ def prepare_model(cfg: TrainConfig, num_classes: int = 10, pretrained: ResidualN
 
 def new_head(model: KerasResNet, cfg: TrainConfig, num_classes: int) -> tuple[Dense, ...]:
     """The Dense layers of ``cfg.head`` (ReLU between them, a Dropout of ``cfg.head_dropout`` before
-    each after the first), else those of the network's own head with the data's classes last."""
-    widths = cfg.head_widths() if cfg.head is not None else [d.units for d in model.head_layers[:-1]] + [num_classes]
+    each after the first), else those of the network's own head (activations and Dropout kept) with
+    the data's classes last."""
+    if cfg.head is None and model.head_layers:
+        *hidden, last = model.head_layers
+        return (*hidden, Dense(num_classes, "linear", last.dropout, last.name))
+    widths = cfg.head_widths() if cfg.head is not None else [num_classes]
     if widths[-1] != num_classes:
         raise UserError(f"`head` {cfg.head!r} ends with {widths[-1]} units; the data has {num_classes} classes")
     names = ["dense"] + [f"dense_{i}" for i in range(1, len(widths))]
