@@ -32,9 +32,9 @@ from .formats.keras_names import names_sidecar
 from .formats.keras_files import read_keras_file
 from .applications.resnet import KerasResNet
 from .model import ResidualNetwork
+from .training.outputs import curves_figure
 
 NETWORKS = (ResidualNetwork, KerasResNet)  # the course's network, keras.applications' ResNets
-from .training.outputs import curves_figure
 
 PathLike = str | os.PathLike
 

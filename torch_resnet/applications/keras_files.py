@@ -189,7 +189,8 @@ def describe(rec: Recognised, dense: list[str], arrays, layers, description: dic
 
 
 def natural_key(text: str):
-    """'conv2d_9' before 'conv2d_10'."""
+    """'conv2d_9' before 'conv2d_10' ('residual_block_9' before 'residual_block_10'); a name
+    without a number sorts first."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..applications.keras_files import natural_key  # one numeric-aware sort for every Keras name
 from ..errors import Problems, UserError
 from ..model import BLOCKS, FEATURES
 
@@ -48,11 +49,6 @@ TO_KERAS_AXES = {rank: tuple(np.argsort(axes)) for rank, axes in TO_TORCH_AXES.i
 def relayout(array: np.ndarray, axes: dict) -> np.ndarray:
     """``array`` in the other framework's layout: ``axes`` is TO_TORCH_AXES or TO_KERAS_AXES."""
     return array.transpose(axes[array.ndim]) if array.ndim in axes else array
-
-
-def natural_key(text: str):
-    """'residual_block_9' < 'residual_block_10'; a name without a number sorts first."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
 @dataclass

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..applications.specs import KERAS_IMAGE_SIZE
 from ..errors import UserError
 from .cifar import CifarSplit
 
-DEFAULT_IMAGE_SIZE = 224  # keras.applications' ResNets' own (the trainer passes the network's)
+DEFAULT_IMAGE_SIZE = KERAS_IMAGE_SIZE  # keras.applications' ResNets' own (the trainer passes the network's)
 HELD_OUT_TEST = 0.1  # of the images, when there is no test folder
 
 
